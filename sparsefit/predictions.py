@@ -1,0 +1,151 @@
+"""The predictions file: one JSON object per line, the single contract between backend and annotation.
+
+Any model can produce it; the annotation app builds studies from it. Schema (README documents it too):
+
+| field | type | meaning |
+|---|---|---|
+| id | str | example id, unique in the file |
+| dataset | str | task name (esnli, comve, ecqa, sbic, or a user task) |
+| split | str | split the example came from |
+| inputs | {str: str} | the task's input fields, e.g. premise / hypothesis |
+| prompt | str | the exact model input |
+| gold_label | str | reference label |
+| gold_explanations | [str] | reference explanations (at least one) |
+| pred_label | str | predicted label (text before the first " because ") |
+| pred_explanation | str | predicted explanation ("UNK" when the generation had no " because ") |
+| raw_generation | str | the whole generated text |
+| correct | bool | pred_label matches gold_label (case-insensitive) |
+| model | str | model id or path |
+| method | str | fine-tuning method name |
+| trainable_percent | float or null | trained parameters / all parameters x 100 |
+| seed | int or null | episode seed |
+| metrics | {str: number or null} | per-example scores, e.g. bertscore_f1, bleu, meteor |
+
+Optional: `label_options` ([str], the task's label set, used for the annotation gate question) and
+`scorer` ({metric: description of the scorer that produced it}).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from sparsefit.errors import SparseFitError
+
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "dataset": str, "split": str, "inputs": dict, "prompt": str, "gold_label": str,
+    "gold_explanations": list, "pred_label": str, "pred_explanation": str, "raw_generation": str,
+    "correct": bool, "model": str, "method": str, "trainable_percent": (int, float, type(None)),
+    "seed": (int, type(None)), "metrics": dict,
+}
+OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {"label_options": list, "scorer": dict}
+
+
+@dataclass
+class PredictionRecord:
+    id: str
+    dataset: str
+    split: str
+    inputs: dict[str, str]
+    prompt: str
+    gold_label: str
+    gold_explanations: list[str]
+    pred_label: str
+    pred_explanation: str
+    raw_generation: str
+    correct: bool
+    model: str
+    method: str
+    trainable_percent: float | None
+    seed: int | None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    label_options: list[str] | None = None
+    scorer: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: v for k, v in data.items() if not (k in OPTIONAL_FIELDS and v is None)}
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    names = {"str": "string", "dict": "object", "list": "array", "bool": "true/false", "int": "integer",
+             "float": "number", "NoneType": "null"}
+    return " or ".join(names.get(t.__name__, t.__name__) for t in types)
+
+
+def validate_record(obj: Any, *, path: str = "<predictions>", line: int | None = None) -> PredictionRecord:
+    """Check one parsed JSON object against the schema; errors name the file, line and field."""
+    if not isinstance(obj, dict):
+        raise SparseFitError("expected a JSON object per line", path=path, line=line)
+    for name, expected in {**REQUIRED_FIELDS, **OPTIONAL_FIELDS}.items():
+        if name not in obj:
+            if name in REQUIRED_FIELDS:
+                raise SparseFitError("missing required field (see the predictions schema in README)",
+                                     path=path, line=line, field=name)
+            continue
+        value = obj[name]
+        if name in OPTIONAL_FIELDS and value is None:
+            continue
+        # bool is an int subclass: do not accept true/false where a number is expected, and vice versa
+        bad_bool = isinstance(value, bool) and bool not in (expected if isinstance(expected, tuple) else (expected,))
+        if bad_bool or not isinstance(value, expected):
+            raise SparseFitError(f"expected {_type_name(expected)}, got {type(value).__name__} {value!r:.60}",
+                                 path=path, line=line, field=name)
+    for key, text in obj["inputs"].items():
+        if not isinstance(text, str):
+            raise SparseFitError("input values must be strings", path=path, line=line, field=f"inputs.{key}")
+    if not obj["inputs"]:
+        raise SparseFitError("needs at least one input field", path=path, line=line, field="inputs")
+    if not obj["gold_explanations"] or not all(isinstance(e, str) and e.strip() for e in obj["gold_explanations"]):
+        raise SparseFitError("needs at least one non-empty reference explanation (strings)",
+                             path=path, line=line, field="gold_explanations")
+    for key, value in obj["metrics"].items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SparseFitError("metric values must be numbers or null", path=path, line=line,
+                                 field=f"metrics.{key}")
+    known = {**REQUIRED_FIELDS, **OPTIONAL_FIELDS}
+    return PredictionRecord(**{k: v for k, v in obj.items() if k in known})
+
+
+def read_predictions(path: str | Path) -> list[PredictionRecord]:
+    """Read and validate a whole predictions file; the first bad line stops with its location."""
+    path = Path(path)
+    if not path.exists():
+        raise SparseFitError("predictions file not found", path=str(path))
+    records: list[PredictionRecord] = []
+    seen: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise SparseFitError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path)) from err
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SparseFitError(f"invalid JSON: {err.msg} (column {err.colno})", path=str(path), line=number) from err
+        record = validate_record(obj, path=str(path), line=number)
+        if record.id in seen:
+            raise SparseFitError(f"duplicate id {record.id!r} (first on line {seen[record.id]})",
+                                 path=str(path), line=number, field="id")
+        seen[record.id] = number
+        records.append(record)
+    if not records:
+        raise SparseFitError("the predictions file has no records", path=str(path))
+    return records
+
+
+def write_predictions(path: str | Path, records: Iterable[PredictionRecord]) -> Path:
+    """Write records atomically (temp file + rename) so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
