@@ -1,0 +1,551 @@
+"""The study store: studies, items, annotators, assignments and ratings in one SQLite file.
+
+Built on `annotation.schema.open_db` (WAL, busy timeout). Every write that must be atomic runs in a
+`BEGIN IMMEDIATE` transaction on a per-thread connection, so concurrent app workers serialise on the
+database lock instead of racing: an item never gets more than its target number of annotators, nobody is
+given the same item twice, and a retried submission replaces its ratings instead of duplicating them.
+
+Assignment life cycle: assigned -> submitted | gate_failed | abandoned. `assigned` and `submitted` count
+towards an item's target; an `assigned` row older than the study's `abandon_minutes` becomes `abandoned`
+(the item goes back to the pool) the next time anyone asks for work in that study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import secrets
+import threading
+from contextlib import contextmanager
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import sqlite_utils
+
+from annotation.errors import AnnotationError
+from annotation.protocol import load_preset, scale_score, validate_preset
+from annotation.schema import ABANDONED, ASSIGNED, SUBMITTED, open_db
+
+GATE_FAILED = "gate_failed"  # a wrong gate answer under the "block" policy: recorded, no ratings
+COUNTED = (ASSIGNED, SUBMITTED)  # statuses that hold one of an item's annotator slots
+DONE = (SUBMITTED, GATE_FAILED)  # statuses that count towards an annotator's page of items
+NONE_SHORTCOMING = "none"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass
+class StudySettings:
+    """How a study is built from a predictions file; None means "the preset's default"."""
+    preset: str | Path | dict = "feb"
+    items_per_page: int | None = None
+    annotators_per_item: int | None = None
+    only_correct: bool | None = None
+    per_label: int | None = None  # 0 = every eligible record
+    seed: int = 0
+    name: str | None = None
+    abandon_minutes: int = 30
+
+
+@dataclass
+class Annotator:
+    id: str
+    study_id: str
+    token: str
+    source: str  # "link" or "prolific"
+    prolific_pid: str | None = None
+    completed_at: str | None = None
+
+
+@dataclass
+class Assignment:
+    id: int
+    study_id: str
+    item_id: str
+    annotator_id: str
+    status: str
+    assigned_at: str
+    order: list[str]  # questions ("model"/"gold") in the order shown: index 0 = Explanation A
+    gate_answer: str | None = None
+    gate_correct: bool | None = None
+
+
+@dataclass
+class RatingInput:
+    rating: str
+    shortcomings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    done: int
+    submitted: int
+    gate_failed: int
+    quota: int
+    completed: bool
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "study"
+
+
+class Store:
+    """All reads and writes of studies. Safe to share between threads (one connection per thread)."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], datetime] = utc_now):
+        self.path = Path(path)
+        self.clock = clock
+        self._local = threading.local()
+        open_db(self.path)  # create the schema once, up front
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = open_db(self.path)
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """An immediate (write-locking) transaction, committed before the block's caller goes on."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _rows(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
+        cursor = self.db.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    # ---------------------------------------------------------------- studies
+    def create_study(self, predictions_path: str | Path, settings: StudySettings | None = None) -> str:
+        """Build a study from a predictions file; returns the new study id."""
+        settings = settings or StudySettings()
+        protocol = (validate_preset(settings.preset) if isinstance(settings.preset, dict)
+                    else load_preset(settings.preset))
+        defaults = protocol["defaults"]
+        pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
+        items_per_page = int(pick(settings.items_per_page, "items_per_page"))
+        per_item = int(pick(settings.annotators_per_item, "annotators_per_item"))
+        only_correct = bool(pick(settings.only_correct, "only_correct"))
+        per_label = int(pick(settings.per_label, "per_label") or 0)
+        for name, value in (("items_per_page", items_per_page), ("annotators_per_item", per_item),
+                            ("abandon_minutes", settings.abandon_minutes)):
+            if value < 1:
+                raise AnnotationError(f"must be at least 1, got {value}", field=name)
+        if per_label < 0:
+            raise AnnotationError(f"must be 0 (all) or more, got {per_label}", field="per_label")
+
+        records = read_records(predictions_path)
+        chosen, selection = select_items(records, only_correct=only_correct, per_label=per_label,
+                                         seed=settings.seed, path=str(predictions_path))
+        protocol["resolved"] = {"gate_questions": gate_questions(records, protocol)}
+        name = settings.name or Path(predictions_path).stem
+        with self.transaction() as db:
+            study_id = slugify(name)
+            while db["studies"].count_where("id = ?", [study_id]):
+                study_id = f"{slugify(name)}-{secrets.token_hex(2)}"
+            db.execute(
+                "INSERT INTO studies (id, name, created_at, preset, protocol_json, predictions_path, "
+                "predictions_sha256, items_per_page, annotators_per_item, selection_json, abandon_minutes, "
+                "completion_code, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (study_id, name, iso(self.clock()), protocol["name"], json.dumps(protocol),
+                 str(Path(predictions_path).resolve()), file_sha256(predictions_path), items_per_page,
+                 per_item, json.dumps({**selection, "seed": settings.seed}), settings.abandon_minutes,
+                 "SF-" + secrets.token_hex(4).upper(), "open"))
+            db.conn.executemany(
+                "INSERT INTO items (id, study_id, record_id, position, dataset, gold_label, pred_label, "
+                "correct, model, method, record_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [(f"{study_id}:{r.id}", study_id, r.id, position, r.dataset, r.gold_label, r.pred_label,
+                  int(r.correct), r.model, r.method, json.dumps(r.to_json(), ensure_ascii=False))
+                 for position, r in enumerate(chosen)])
+        return study_id
+
+    def studies(self) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT s.id, s.name, s.preset, s.created_at, s.items_per_page, s.annotators_per_item, "
+            "(SELECT count(*) FROM items i WHERE i.study_id = s.id) AS items, "
+            "(SELECT count(*) FROM annotators a WHERE a.study_id = s.id) AS annotators "
+            "FROM studies s ORDER BY s.created_at")
+
+    def study(self, study_id: str) -> dict[str, Any]:
+        rows = self._rows("SELECT * FROM studies WHERE id = ?", [study_id])
+        if not rows:
+            raise AnnotationError(f"no study {study_id!r} in {self.path} (see `study list`)", field="study")
+        row = rows[0]
+        row["protocol"] = json.loads(row["protocol_json"])
+        row["selection"] = json.loads(row["selection_json"])
+        return row
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        row = self._rows("SELECT * FROM items WHERE id = ?", [item_id])[0]
+        row["record"] = json.loads(row["record_json"])
+        return row
+
+    # ---------------------------------------------------------------- annotators
+    def add_annotators(self, study_id: str, count: int) -> list[Annotator]:
+        """Create `count` annotators, each with a secret link token."""
+        self.study(study_id)
+        if count < 1:
+            raise AnnotationError(f"count must be at least 1, got {count}", field="count")
+        made = [Annotator(id="a-" + secrets.token_hex(6), study_id=study_id,
+                          token=secrets.token_urlsafe(16), source="link") for _ in range(count)]
+        with self.transaction() as db:
+            db.conn.executemany(
+                "INSERT INTO annotators (id, study_id, token, source, created_at) VALUES (?,?,?,?,?)",
+                [(a.id, a.study_id, a.token, a.source, iso(self.clock())) for a in made])
+        return made
+
+    def annotator_by_token(self, token: str) -> Annotator:
+        rows = self._rows("SELECT * FROM annotators WHERE token = ?", [token or ""])
+        if not token or not rows:
+            raise AnnotationError("this link is not valid: check that you opened the whole link you were "
+                                  "given, or ask the study organiser for a new one", field="token")
+        return _annotator(rows[0])
+
+    def sign_in_prolific(self, study_id: str, prolific_pid: str, prolific_study_id: str = "",
+                         session_id: str = "") -> Annotator:
+        """Create or get the annotator for a Prolific participant in a study (one per PROLIFIC_PID)."""
+        if not prolific_pid or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", prolific_pid):
+            raise AnnotationError("the link has no valid PROLIFIC_PID; open the study from Prolific again",
+                                  field="PROLIFIC_PID")
+        self.study(study_id)
+        with self.transaction() as db:
+            rows = self._rows("SELECT * FROM annotators WHERE study_id = ? AND prolific_pid = ?",
+                              [study_id, prolific_pid])
+            if rows:
+                return _annotator(rows[0])
+            annotator = Annotator(id="p-" + secrets.token_hex(6), study_id=study_id,
+                                  token=secrets.token_urlsafe(16), source="prolific", prolific_pid=prolific_pid)
+            db.execute(
+                "INSERT INTO annotators (id, study_id, token, source, prolific_pid, prolific_study_id, "
+                "prolific_session_id, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (annotator.id, study_id, annotator.token, "prolific", prolific_pid, prolific_study_id,
+                 session_id, iso(self.clock())))
+        return annotator
+
+    # ---------------------------------------------------------------- assignment
+    def next_assignment(self, annotator: Annotator) -> Assignment | None:
+        """The annotator's open item (resume), else a new one from the pool; None when their page is done
+        or no item has a free slot."""
+        study = self.study(annotator.study_id)
+        with self.transaction() as db:
+            self._expire_abandoned(db, study)
+            current = self._assignments("annotator_id = ? AND status = ?", [annotator.id, ASSIGNED])
+            if current:
+                return current[0]
+            if self._done_count(annotator.id) >= study["items_per_page"]:
+                self._mark_completed(db, annotator.id)
+                return None
+            revived = self._revive_abandoned(db, annotator, study)
+            if revived:
+                return revived
+            item_id = self._pick_item(annotator, study)
+            if item_id is None:
+                return None
+            order = list(study["protocol"]["rate"])
+            random.Random(f"{study['id']}|{item_id}|{annotator.id}").shuffle(order)
+            db.execute("INSERT INTO assignments (study_id, item_id, annotator_id, status, assigned_at, "
+                       "order_json) VALUES (?,?,?,?,?,?)",
+                       (study["id"], item_id, annotator.id, ASSIGNED, iso(self.clock()), json.dumps(order)))
+            return self._assignments("annotator_id = ? AND status = ?", [annotator.id, ASSIGNED])[0]
+
+    def _expire_abandoned(self, db: sqlite_utils.Database, study: dict) -> None:
+        cutoff = iso(self.clock() - timedelta(minutes=study["abandon_minutes"]))
+        db.execute("UPDATE assignments SET status = ? WHERE study_id = ? AND status = ? AND assigned_at < ?",
+                   (ABANDONED, study["id"], ASSIGNED, cutoff))
+
+    def _revive_abandoned(self, db, annotator: Annotator, study: dict) -> Assignment | None:
+        """Someone whose item timed out gets it back if it still has a free slot (e.g. after a long break)."""
+        for assignment in self._assignments("annotator_id = ? AND status = ?", [annotator.id, ABANDONED]):
+            if self._taken(assignment.item_id) < study["annotators_per_item"]:
+                db.execute("UPDATE assignments SET status = ?, assigned_at = ? WHERE id = ?",
+                           (ASSIGNED, iso(self.clock()), assignment.id))
+                assignment.status = ASSIGNED
+                return assignment
+        return None
+
+    def _pick_item(self, annotator: Annotator, study: dict) -> str | None:
+        """Prefer items closest to their target, so finished items accumulate; random among ties."""
+        rows = self._rows(
+            "SELECT i.id, (SELECT count(*) FROM assignments a WHERE a.item_id = i.id AND a.status IN (?, ?)) "
+            "AS taken FROM items i WHERE i.study_id = ? AND NOT EXISTS (SELECT 1 FROM assignments a "
+            "WHERE a.item_id = i.id AND a.annotator_id = ?) ORDER BY i.position",
+            [*COUNTED, study["id"], annotator.id])
+        open_rows = [r for r in rows if r["taken"] < study["annotators_per_item"]]
+        if not open_rows:
+            return None
+        most = max(r["taken"] for r in open_rows)
+        candidates = [r["id"] for r in open_rows if r["taken"] == most]
+        return random.Random(f"{annotator.id}|{len(rows)}").choice(candidates)
+
+    def _taken(self, item_id: str) -> int:
+        return self.db.execute("SELECT count(*) FROM assignments WHERE item_id = ? AND status IN (?, ?)",
+                               [item_id, *COUNTED]).fetchone()[0]
+
+    def _done_count(self, annotator_id: str) -> int:
+        return self.db.execute("SELECT count(*) FROM assignments WHERE annotator_id = ? AND status IN (?, ?)",
+                               [annotator_id, *DONE]).fetchone()[0]
+
+    def _mark_completed(self, db, annotator_id: str) -> None:
+        db.execute("UPDATE annotators SET completed_at = ? WHERE id = ? AND completed_at IS NULL",
+                   (iso(self.clock()), annotator_id))
+
+    def _assignments(self, where: str, params: list) -> list[Assignment]:
+        return [_assignment(r) for r in self._rows(f"SELECT * FROM assignments WHERE {where} ORDER BY id", params)]
+
+    def assignment(self, annotator: Annotator, assignment_id: int) -> Assignment:
+        """An assignment of this annotator; another annotator's id is refused."""
+        found = self._assignments("id = ? AND annotator_id = ?", [int(assignment_id), annotator.id])
+        if not found:
+            raise AnnotationError("this item is not assigned to your link; reload the page to continue",
+                                  field="assignment_id")
+        return found[0]
+
+    def _hold(self, db, assignment: Assignment, study: dict) -> None:
+        """Make sure an abandoned assignment may still be completed (only if its item has a free slot)."""
+        if assignment.status == ABANDONED:
+            if self._taken(assignment.item_id) >= study["annotators_per_item"]:
+                raise AnnotationError("this item timed out and was given to someone else; reload the page "
+                                      "to get your next item", field="assignment_id")
+            db.execute("UPDATE assignments SET status = ? WHERE id = ?", (ASSIGNED, assignment.id))
+            assignment.status = ASSIGNED
+        if assignment.status == GATE_FAILED:
+            raise AnnotationError("this item has ended; reload the page to get your next item",
+                                  field="assignment_id")
+
+    # ---------------------------------------------------------------- gate and submission
+    def answer_gate(self, annotator: Annotator, assignment_id: int, answer: str) -> Assignment:
+        """Record the annotator's own answer to the task. Under the "block" policy a wrong answer ends the
+        item for this annotator (no ratings) and frees its slot. The first answer counts."""
+        study = self.study(annotator.study_id)
+        with self.transaction() as db:
+            assignment = self.assignment(annotator, assignment_id)
+            if assignment.gate_answer is not None or assignment.status == SUBMITTED:
+                return assignment
+            self._hold(db, assignment, study)
+            if not (answer or "").strip():
+                raise AnnotationError("choose an answer first", field="gate_answer")
+            gold = self.item(assignment.item_id)["gold_label"]
+            correct = answer.strip().lower() == gold.strip().lower()
+            blocked = not correct and study["protocol"]["gate"]["policy"] == "block"
+            now = self.clock()
+            db.execute("UPDATE assignments SET gate_answer = ?, gate_correct = ? WHERE id = ?",
+                       (answer, int(correct), assignment.id))
+            if blocked:
+                db.execute("UPDATE assignments SET status = ?, submitted_at = ?, seconds_spent = ? WHERE id = ?",
+                           (GATE_FAILED, iso(now), _seconds(assignment.assigned_at, now), assignment.id))
+                if self._done_count(annotator.id) >= study["items_per_page"]:
+                    self._mark_completed(db, annotator.id)
+            return self.assignment(annotator, assignment_id)
+
+    def submit(self, annotator: Annotator, assignment_id: int, ratings: dict[str, RatingInput],
+               comment: str = "") -> Assignment:
+        """Store the ratings of one item and mark it submitted, in one transaction committed before
+        returning. Idempotent: a retry upserts the same rows (unique per study, item, annotator, question)."""
+        study = self.study(annotator.study_id)
+        protocol = study["protocol"]
+        with self.transaction() as db:
+            assignment = self.assignment(annotator, assignment_id)
+            self._hold(db, assignment, study)
+            if protocol["gate"]["enabled"] and assignment.gate_answer is None:
+                raise AnnotationError("answer the question about the item first", field="gate_answer")
+            rows = self._rating_rows(protocol, assignment, ratings, comment)
+            now = self.clock()
+            seconds = (self._rows("SELECT seconds_spent FROM assignments WHERE id = ?", [assignment.id])[0]
+                       ["seconds_spent"] if assignment.status == SUBMITTED else _seconds(assignment.assigned_at, now))
+            for row in rows:
+                db.execute(
+                    "INSERT INTO ratings (study_id, item_id, annotator_id, question, shown_position, rating, "
+                    "score, shortcomings_json, comment, seconds_spent, created_at, origin) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?, 'app') ON CONFLICT (study_id, item_id, annotator_id, question) "
+                    "DO UPDATE SET shown_position = excluded.shown_position, rating = excluded.rating, "
+                    "score = excluded.score, shortcomings_json = excluded.shortcomings_json, "
+                    "comment = excluded.comment",
+                    (study["id"], assignment.item_id, annotator.id, row["question"], row["shown_position"],
+                     row["rating"], row["score"], row["shortcomings_json"], comment or "", seconds, iso(now)))
+            if assignment.status != SUBMITTED:
+                db.execute("UPDATE assignments SET status = ?, submitted_at = ?, seconds_spent = ? WHERE id = ?",
+                           (SUBMITTED, iso(now), seconds, assignment.id))
+            if self._done_count(annotator.id) >= study["items_per_page"]:
+                self._mark_completed(db, annotator.id)
+            return self.assignment(annotator, assignment_id)
+
+    def _rating_rows(self, protocol: dict, assignment: Assignment, ratings: dict[str, RatingInput],
+                     comment: str) -> list[dict[str, Any]]:
+        allowed_shortcomings = {s["value"] for s in protocol["shortcomings"]}
+        rows = []
+        for position, question in enumerate(assignment.order, start=1):
+            slot = "AB"[position - 1] if position <= 2 else str(position)
+            given = ratings.get(question)
+            if given is None or not given.rating:
+                raise AnnotationError(f"choose a rating for Explanation {slot}", field=f"rating_{slot}")
+            score = scale_score(protocol, given.rating)
+            chosen = list(dict.fromkeys(given.shortcomings or []))
+            if allowed_shortcomings:
+                if not chosen:
+                    raise AnnotationError(f"tick the shortcomings of Explanation {slot} (or \"None of these\")",
+                                          field=f"shortcomings_{slot}")
+                unknown = set(chosen) - allowed_shortcomings
+                if unknown:
+                    raise AnnotationError(f"unknown shortcomings {sorted(unknown)}", field=f"shortcomings_{slot}")
+                if NONE_SHORTCOMING in chosen and len(chosen) > 1:
+                    raise AnnotationError(f"Explanation {slot}: \"None of these\" cannot be combined with "
+                                          "other shortcomings", field=f"shortcomings_{slot}")
+            elif chosen:
+                raise AnnotationError("this study has no shortcomings checklist", field=f"shortcomings_{slot}")
+            rows.append({"question": question, "shown_position": position, "rating": given.rating,
+                         "score": score, "shortcomings_json": json.dumps(chosen)})
+        if comment and len(comment) > 5000:
+            raise AnnotationError("the comment is too long (at most 5000 characters)", field="comment")
+        return rows
+
+    # ---------------------------------------------------------------- progress
+    def progress(self, annotator: Annotator) -> Progress:
+        study = self.study(annotator.study_id)
+        counts = dict(self.db.execute(
+            "SELECT status, count(*) FROM assignments WHERE annotator_id = ? GROUP BY status",
+            [annotator.id]).fetchall())
+        submitted, failed = counts.get(SUBMITTED, 0), counts.get(GATE_FAILED, 0)
+        completed = self._rows("SELECT completed_at FROM annotators WHERE id = ?", [annotator.id])[0]
+        return Progress(done=submitted + failed, submitted=submitted, gate_failed=failed,
+                        quota=study["items_per_page"], completed=completed["completed_at"] is not None)
+
+    def annotator_progress(self, study_id: str) -> list[dict[str, Any]]:
+        """One row per annotator of a study: counts, median seconds per item, last activity."""
+        self.study(study_id)
+        return self._rows(
+            "SELECT a.id AS annotator, a.source, coalesce(a.prolific_pid, '') AS prolific_pid, "
+            "sum(s.status = 'submitted') AS submitted, sum(s.status = 'gate_failed') AS gate_failed, "
+            "sum(s.status = 'assigned') AS in_progress, sum(s.status = 'abandoned') AS abandoned, "
+            "round(avg(CASE WHEN s.status = 'submitted' THEN s.seconds_spent END), 1) AS mean_seconds, "
+            "max(coalesce(s.submitted_at, s.assigned_at)) AS last_activity, "
+            "coalesce(a.completed_at, '') AS completed_at "
+            "FROM annotators a LEFT JOIN assignments s ON s.annotator_id = a.id "
+            "WHERE a.study_id = ? GROUP BY a.id ORDER BY a.created_at, a.id", [study_id])
+
+    def study_progress(self, study_id: str) -> dict[str, Any]:
+        study = self.study(study_id)
+        per_item = self._rows(
+            "SELECT i.id, (SELECT count(*) FROM assignments a WHERE a.item_id = i.id AND a.status = 'submitted') "
+            "AS done FROM items i WHERE i.study_id = ?", [study_id])
+        target = study["annotators_per_item"]
+        ratings = self.db.execute("SELECT count(*) FROM ratings WHERE study_id = ?", [study_id]).fetchone()[0]
+        return {"study": study_id, "items": len(per_item),
+                "items_complete": sum(r["done"] >= target for r in per_item),
+                "annotations_submitted": sum(r["done"] for r in per_item),
+                "annotations_needed": len(per_item) * target, "ratings": ratings,
+                "annotators": self.db["annotators"].count_where("study_id = ?", [study_id])}
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def read_records(path: str | Path):
+    """Validate a predictions file with the backend's torch-free reader; its errors become ours."""
+    from sparsefit.errors import SparseFitError
+    from sparsefit.predictions import read_predictions
+
+    try:
+        return read_predictions(path)
+    except SparseFitError as err:
+        raise AnnotationError(str(err)) from err
+
+
+def select_items(records: list, *, only_correct: bool, per_label: int, seed: int, path: str):
+    """Label-balanced, seeded choice: `per_label` records per (dataset, gold label); 0 = all."""
+    eligible = [r for r in records if r.correct or not only_correct]
+    if not eligible:
+        raise AnnotationError("no correctly predicted records to rate; choose \"all predictions\" "
+                              "(--all) to include wrong ones", path=path, field="correct")
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for record in eligible:
+        groups[(record.dataset, record.gold_label)].append(record)
+    rng = random.Random(seed)
+    chosen, short = [], {}
+    for key in sorted(groups):
+        group = groups[key]
+        take = len(group) if per_label == 0 else min(per_label, len(group))
+        if take < per_label:
+            short[f"{key[0]}/{key[1]}"] = take
+        chosen.extend(rng.sample(group, take))
+    rng.shuffle(chosen)
+    selection = {"only_correct": only_correct, "per_label": per_label, "records_in_file": len(records),
+                 "eligible": len(eligible), "chosen": len(chosen),
+                 "labels": {f"{d}/{l}": len(g) for (d, l), g in sorted(groups.items())},
+                 "labels_short_of_per_label": short}
+    return chosen, selection
+
+
+def gate_questions(records: list, protocol: dict) -> dict[str, dict[str, Any]]:
+    """Per dataset: the task question and answer options shown at the gate, frozen into the study."""
+    labels_by_dataset: dict[str, list[str]] = defaultdict(list)
+    options_by_dataset: dict[str, list[str]] = {}
+    for record in records:
+        if record.gold_label not in labels_by_dataset[record.dataset]:
+            labels_by_dataset[record.dataset].append(record.gold_label)
+        if record.label_options and record.dataset not in options_by_dataset:
+            options_by_dataset[record.dataset] = list(record.label_options)
+    resolved = {}
+    for dataset, gold_labels in labels_by_dataset.items():
+        question = _backend_gate_question(dataset)
+        options = (question or {}).get("options") or options_by_dataset.get(dataset) or sorted(gold_labels)
+        options = list(options) + [label for label in gold_labels
+                                   if label.lower() not in {o.lower() for o in options}]
+        resolved[dataset] = {
+            "question": (question or {}).get("question") or "What is the correct answer?",
+            "context": (question or {}).get("context") or "",
+            "options": options,
+        }
+    return resolved
+
+
+def _backend_gate_question(dataset: str) -> dict[str, Any] | None:
+    """`sparsefit.prompts.gate_question` (pure Python) when it knows the dataset; None otherwise."""
+    try:
+        from sparsefit.prompts import gate_question
+    except ImportError:
+        return None
+    from sparsefit.errors import SparseFitError
+
+    try:
+        answer = gate_question(dataset)
+    except (SparseFitError, LookupError, ValueError):  # a user task the backend does not know
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _seconds(assigned_at: str, now: datetime) -> float:
+    return round((now - datetime.fromisoformat(assigned_at)).total_seconds(), 3)
+
+
+def _annotator(row: dict) -> Annotator:
+    return Annotator(id=row["id"], study_id=row["study_id"], token=row["token"], source=row["source"],
+                     prolific_pid=row.get("prolific_pid"), completed_at=row.get("completed_at"))
+
+
+def _assignment(row: dict) -> Assignment:
+    return Assignment(id=row["id"], study_id=row["study_id"], item_id=row["item_id"],
+                      annotator_id=row["annotator_id"], status=row["status"], assigned_at=row["assigned_at"],
+                      order=json.loads(row["order_json"] or "[]"), gate_answer=row["gate_answer"],
+                      gate_correct=None if row["gate_correct"] is None else bool(row["gate_correct"]))
