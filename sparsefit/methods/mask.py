@@ -260,7 +260,7 @@ class MaskTraining(SparseMethod):
             model = spec
         elif (Path(str(spec)) / "manifest.json").is_file():
             from sparsefit.checkpoint import load_delta
-            backbone, model, _ = load_delta(Path(str(spec)))
+            backbone, model, *_ = load_delta(Path(str(spec)))
             self._set_separator(backbone.tokenizer)
         else:
             from sparsefit.backbones import load_backbone
@@ -300,22 +300,28 @@ class MaskTraining(SparseMethod):
         if "labels" not in batch:
             raise SparseFitError("the product-of-experts loss needs 'labels' in the training batch")
         labels = batch["labels"]
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if self.bias_model is not None and next(self.bias_model.parameters()).device != labels.device:
+            self.bias_model.to(labels.device)
         if self.arch is not None and self.arch.kind == "seq2seq":
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
             inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = model(**inputs).logits
-        device = logits.device
-        if next(self.bias_model.parameters()).device != device:
-            self.bias_model.to(device)
-        with torch.no_grad():
-            bias_logits = self.bias_model(**inputs).logits
+            logits = model(**inputs).logits.flatten(0, 1)
+            with torch.no_grad():
+                bias_logits = self.bias_model(**inputs).logits.flatten(0, 1)
+            positions = self.label_positions(labels).flatten()
+            labels = labels.flatten()
+        else:  # causal: logits at t predict token t+1; the LM head only where a target is predicted
+            targets = labels[:, 1:]
+            keep = targets != -100
+            logits = _target_logits(model, batch, keep)
+            with torch.no_grad():
+                bias_logits = _target_logits(self.bias_model, batch, keep)
+            positions, labels = self.label_positions(targets)[keep], targets[keep]
         if bias_logits.shape[-1] != logits.shape[-1]:
             raise SparseFitError(f"the PoE bias model has a vocabulary of {bias_logits.shape[-1]} but the model "
                                  f"has {logits.shape[-1]}; both must use the same tokenizer",
                                  field="method_options.poe_bias_model")
-        if self.arch is None or self.arch.kind != "seq2seq":  # causal: logits at t predict token t+1
-            logits, bias_logits, labels = logits[:, :-1], bias_logits[:, :-1], labels[:, 1:]
-        return poe_loss(logits, bias_logits, labels, self.label_positions(labels))
+        return poe_loss(logits, bias_logits, labels, positions)
 
     # --- save / load / merge -----------------------------------------------------------------------
     def trained_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -368,10 +374,19 @@ class MaskTraining(SparseMethod):
                 "current_target_sparsity": self.current_sparsity, **linear_flops_report(model)}
 
 
+def _target_logits(model: nn.Module, batch: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+    """Decoder-only logits at the positions that predict a target token (as the default causal loss)."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                 use_cache=False).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def poe_loss(logits: torch.Tensor, bias_logits: torch.Tensor, labels: torch.Tensor,
              poe_positions: torch.Tensor) -> torch.Tensor:
-    """Mean token CE where `poe_positions` use log_softmax(log p_model + log p_bias)."""
+    """Mean token CE over (N, vocab) logits; rows in `poe_positions` use log_softmax(log p_model + log p_bias)."""
     log_probs = F.log_softmax(logits.float(), dim=-1)
     combined = F.log_softmax(log_probs + F.log_softmax(bias_logits.float(), dim=-1), dim=-1)
     log_probs = torch.where(poe_positions.unsqueeze(-1), combined, log_probs)
-    return F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return F.nll_loss(log_probs, labels, ignore_index=-100)
