@@ -1,0 +1,84 @@
+"""Save only the trained tensors (safetensors) plus a manifest; load them back onto the right base model."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsefit.errors import SparseFitError
+from sparsefit.methods.base import SparseMethod, get_method
+
+DELTA_FILE = "delta.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    versions = {"python": platform.python_version()}
+    for name in ("sparsefit", "torch", "transformers", "peft", "safetensors"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            if name == "sparsefit":
+                from sparsefit import __version__
+                versions[name] = __version__
+    return versions
+
+
+def save_delta(out_dir: str | Path, method: SparseMethod, model: nn.Module, manifest: dict[str, Any]) -> Path:
+    """Write delta.safetensors (only what the method trained, plus its masks) and manifest.json."""
+    from safetensors.torch import save_file
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = method.trained_state(model)
+    if not tensors:
+        raise SparseFitError(f"method '{method.name}' reported no trained tensors to save")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / DELTA_FILE),
+              metadata={"method": method.name, "base_fingerprint": manifest.get("base_fingerprint", "")})
+    manifest = {**manifest, "method": method.name, "selection": method.selection(),
+                "saved_tensors": len(tensors), "saved_parameters": sum(t.numel() for t in tensors.values()),
+                "versions": library_versions()}
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST_FILE
+    if not path.exists():
+        raise SparseFitError("not a SparseFit run folder (no manifest.json)", path=str(run_dir))
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_delta(run_dir: str | Path, backbone=None, *, progress=None):
+    """Rebuild a trained model: base model (checked by fingerprint) + method.prepare + saved tensors.
+
+    Returns (backbone, model, method, manifest). Loading onto a different base model is refused.
+    """
+    from safetensors.torch import load_file
+    from sparsefit.backbones import load_backbone
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if backbone is None:
+        backbone = load_backbone(manifest["base_model"], progress=progress)
+    if backbone.fingerprint != manifest["base_fingerprint"]:
+        raise SparseFitError(
+            f"this delta was trained on base model {manifest['base_model']!r} (fingerprint "
+            f"{manifest['base_fingerprint']}), but the loaded base {backbone.model_id!r} has fingerprint "
+            f"{backbone.fingerprint}; load it onto the same base weights", path=str(run_dir / MANIFEST_FILE),
+            field="base_fingerprint")
+    method = get_method(manifest["method"], **manifest.get("method_options", {}))
+    if hasattr(method, "total_steps") and "train" in manifest:
+        method.total_steps = manifest["train"].get("steps", method.total_steps)
+    model = method.prepare(backbone.model, backbone.arch)
+    method.load_trained(model, load_file(str(run_dir / DELTA_FILE)))
+    model.eval()
+    return backbone, model, method, manifest
+
+
+def tensors_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

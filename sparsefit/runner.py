@@ -1,0 +1,184 @@
+"""One few-shot episode end to end: sample → prepare → train → generate → score → files.
+
+Writes into the run folder: config.json, manifest.json + delta.safetensors (only trained tensors),
+predictions.jsonl (the contract with the annotation app) and results.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from sparsefit.backbones import Backbone, load_backbone
+from sparsefit.checkpoint import save_delta
+from sparsefit.config import RunConfig, save_run_config
+from sparsefit.errors import SparseFitError
+from sparsefit.methods.base import count_parameters, get_method
+from sparsefit.predictions import PredictionRecord, write_predictions
+
+
+@dataclass
+class Generations:
+    raw: list[str]
+    labels: list[str]
+    explanations: list[str]
+    correct: list[bool]
+    seconds: float
+
+
+def load_pools(config: RunConfig):
+    """Training and evaluation pools; the same list when both splits are the same (e.g. e-SNLI dev only)."""
+    from sparsefit.data import load_examples
+    train_pool = load_examples(config.dataset, config.data_path, config.train_split)
+    if config.eval_split == config.train_split:
+        return train_pool, train_pool
+    return train_pool, load_examples(config.dataset, config.data_path, config.eval_split)
+
+
+def icl_demonstrations(train: Sequence, shots: int, seed: int) -> list:
+    """`shots` training examples for in-context prompting, spread over labels (round robin), seeded."""
+    rng = random.Random(seed)
+    by_label: dict[str, list] = {}
+    for example in sorted(train, key=lambda e: e.id):
+        by_label.setdefault(example.label, []).append(example)
+    for group in by_label.values():
+        rng.shuffle(group)
+    chosen, labels = [], sorted(by_label)
+    while len(chosen) < shots and any(by_label.values()):
+        for label in labels:
+            if by_label[label] and len(chosen) < shots:
+                chosen.append(by_label[label].pop())
+    return chosen
+
+
+def icl_prefix(backbone: Backbone, demonstrations: Sequence) -> str:
+    from sparsefit.prompts import causal_prompt, causal_target, format_input, format_target
+    if backbone.is_seq2seq:
+        return " ".join(f"{format_input(d)} {format_target(d)}" for d in demonstrations) + " "
+    return "".join(causal_prompt(format_input(d)) + causal_target(format_target(d)) + "\n\n"
+                   for d in demonstrations)
+
+
+def predict_examples(backbone: Backbone, model: nn.Module, examples: Sequence, config: RunConfig,
+                     prefix: str = "", progress: bool = True) -> tuple[list[str], Generations]:
+    from sparsefit.generate import generate
+    from sparsefit.prompts import format_input, is_correct, parse_generation
+    prompts = [prefix + format_input(e) for e in examples]
+    started = time.perf_counter()
+    raw = generate(backbone, model, prompts, batch_size=config.eval_batch_size,
+                   max_new_tokens=config.max_new_tokens,
+                   max_input_length=config.train.max_input_length * (1 + config.icl_shots if prefix else 1),
+                   progress=progress)
+    parsed = [parse_generation(text, e.dataset) for text, e in zip(raw, examples)]
+    correct = [is_correct(label, e.label, e.dataset) for (label, _), e in zip(parsed, examples)]
+    return prompts, Generations(raw=raw, labels=[p[0] for p in parsed], explanations=[p[1] for p in parsed],
+                                correct=correct, seconds=time.perf_counter() - started)
+
+
+def score(examples: Sequence, generations: Generations, config: RunConfig):
+    from sparsefit.metrics import ScorerConfig, score_explanations, summarize
+    scorer = ScorerConfig(**config.scorer)
+    scores = score_explanations(generations.explanations, [list(e.explanations) for e in examples], scorer)
+    return scores, summarize(generations.correct, scores)
+
+
+def per_item_metrics(scores, index: int) -> dict[str, float | None]:
+    out = {}
+    for name in ("bertscore_f1", "bleu", "meteor"):
+        values = getattr(scores, name, None)
+        out[name] = None if values is None else values[index]
+    return out
+
+
+def build_records(examples, prompts, generations: Generations, scores, config: RunConfig,
+                  trainable_percent: float | None) -> list[PredictionRecord]:
+    from sparsefit.data import label_options
+    labels = label_options(examples[0].dataset, examples)
+    return [PredictionRecord(
+        id=e.id, dataset=e.dataset, split=e.split, inputs=dict(e.inputs), prompt=prompts[i],
+        gold_label=e.label, gold_explanations=list(e.explanations), pred_label=generations.labels[i],
+        pred_explanation=generations.explanations[i], raw_generation=generations.raw[i],
+        correct=generations.correct[i], model=config.model, method=config.method,
+        trainable_percent=trainable_percent, seed=config.seed, metrics=per_item_metrics(scores, i),
+        label_options=labels, scorer=dict(getattr(scores, "scorers", {}) or {}))
+        for i, e in enumerate(examples)]
+
+
+def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Run one episode and write its files. A given `backbone` is not modified (the model is copied)."""
+    from sparsefit.data import data_hash
+    from sparsefit.episodes import sample_episode
+    from sparsefit.prompts import format_input, format_target
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, out / "config.json")
+    train_pool, eval_pool = load_pools(config)
+    episode = sample_episode(config.dataset, train_pool, eval_pool, config.seed, config.n_train, config.n_eval)
+    if backbone is None:
+        backbone = load_backbone(config.model)
+    train_config = config.train.resolved(backbone.arch.kind, config.method)
+    method = get_method(config.method, **config.method_options)
+    if hasattr(method, "total_steps"):
+        method.total_steps = train_config.steps
+    model = copy.deepcopy(backbone.model)
+    total = count_parameters(model)[1]
+    model = method.prepare(model, backbone.arch)
+    trainable = count_parameters(model)[0]
+    trainable_percent = 100.0 * trainable / total
+    in_context = getattr(method, "in_context", False)
+    train_result = None
+    prefix = ""
+    if in_context:
+        prefix = icl_prefix(backbone, icl_demonstrations(episode.train, config.icl_shots, config.seed))
+    else:
+        train_result = method_train(backbone, method, model, episode.train, train_config, progress)
+    prompts, generations = predict_examples(backbone, model, episode.eval, config, prefix, progress)
+    scores, summary = score(episode.eval, generations, config)
+    manifest = {
+        "base_model": config.model, "base_fingerprint": backbone.fingerprint,
+        "model_type": backbone.arch.model_type, "kind": backbone.arch.kind, "method_options": config.method_options,
+        "train": vars(train_config), "dataset": config.dataset, "seed": config.seed,
+        "data_hash": {"train": data_hash(episode.train), "eval": data_hash(episode.eval)},
+        "trainable": trainable, "total": total, "trainable_percent": trainable_percent,
+    }
+    if in_context:
+        (out / "manifest.json").write_text(json.dumps({**manifest, "method": config.method}, indent=2) + "\n")
+    else:
+        save_delta(out, method, model, manifest)
+    records = build_records(episode.eval, prompts, generations, scores, config, trainable_percent)
+    write_predictions(out / "predictions.jsonl", records)
+    results = {
+        "name": config.name or out.name, "dataset": config.dataset, "model": config.model,
+        "method": config.method, "method_options": config.method_options, "seed": config.seed,
+        "n_train": len(episode.train), "n_eval": len(episode.eval), **summary,
+        "trainable": trainable, "total": total, "trainable_percent": trainable_percent,
+        "train_seconds": train_result.seconds if train_result else 0.0,
+        "seconds_per_step": train_result.seconds_per_step if train_result else None,
+        "peak_memory_mb": train_result.peak_memory_mb if train_result else None,
+        "first_loss": train_result.losses[0] if train_result else None,
+        "last_loss": (sum(train_result.losses[-10:]) / len(train_result.losses[-10:])) if train_result else None,
+        "generation_seconds": generations.seconds, "broken_generations": sum(
+            1 for e in generations.explanations if e == "UNK"),
+        "train_config": vars(train_config), "report": method.report(model),
+    }
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(out / "results.json")  # written last and atomically: its presence marks a finished episode
+    return results
+
+
+def method_train(backbone, method, model, train_examples, train_config, progress):
+    from sparsefit.prompts import format_input, format_target
+    from sparsefit.train import train
+    inputs = [format_input(e) for e in train_examples]
+    targets = [format_target(e) for e in train_examples]
+    return train(backbone, method, model, inputs, targets, train_config, progress=progress)
