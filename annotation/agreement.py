@@ -1,0 +1,223 @@
+"""Inter-annotator agreement and rank correlations, as plain numpy functions (no database, no torch).
+
+Every statistic comes back as a `Stat`: a value, or `None` plus the reason it is undefined, so reports
+never print NaN. Input for agreement is a count table: one row per item, one column per category,
+cell = how many raters put that item in that category (rows may have different totals).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+
+@dataclass
+class Stat:
+    """A statistic that may be undefined. `reason` says why `value` is None."""
+
+    value: float | None
+    reason: str | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+
+    @classmethod
+    def undefined(cls, reason: str, n: int | None = None) -> "Stat":
+        return cls(None, reason, n=n)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": _finite(self.value), "reason": self.reason, "ci_low": _finite(self.ci_low),
+                "ci_high": _finite(self.ci_high), "n": self.n}
+
+    def text(self, digits: int = 3) -> str:
+        if self.value is None:
+            return f"undefined ({self.reason})"
+        out = f"{self.value:.{digits}f}"
+        if self.ci_low is not None and self.ci_high is not None:
+            out += f" [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+        return out
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------- count tables
+
+def count_table(item_codes: np.ndarray, category_codes: np.ndarray, n_items: int, n_categories: int) -> np.ndarray:
+    """Items x categories count table from parallel arrays of (item index, category index), one per rating."""
+    flat = np.bincount(item_codes * n_categories + category_codes, minlength=n_items * n_categories)
+    return flat.reshape(n_items, n_categories)
+
+
+def modal_rater_count(table: np.ndarray) -> int | None:
+    """The most common number of raters among items with at least two; ties go to more retained ratings."""
+    counts = table.sum(axis=1)
+    counts = counts[counts >= 2]
+    if counts.size == 0:
+        return None
+    values, freq = np.unique(counts, return_counts=True)
+    best = max(zip(freq * values, values), key=lambda pair: (pair[0], pair[1]))
+    return int(best[1])
+
+
+# ---------------------------------------------------------------- kappas
+
+def fleiss_kappa(table: np.ndarray) -> Stat:
+    """Fleiss' (1971) kappa: chance agreement from the pooled category shares. Needs equal raters per item."""
+    return _kappa(table, free_marginal=False)
+
+
+def randolph_kappa(table: np.ndarray) -> Stat:
+    """Randolph's (2005) free-marginal kappa: chance agreement 1/k for k categories.
+
+    This is what statsmodels calls `fleiss_kappa(..., method='randolph')` (alias 'uniform').
+    """
+    return _kappa(table, free_marginal=True)
+
+
+def _kappa(table: np.ndarray, *, free_marginal: bool) -> Stat:
+    table = np.asarray(table, dtype=float)
+    n_items, n_categories = table.shape
+    if n_items < 2:
+        return Stat.undefined(f"needs at least 2 items with equal rater counts, got {n_items}", n=n_items)
+    raters = table.sum(axis=1)
+    if not np.all(raters == raters[0]) or raters[0] < 2:
+        return Stat.undefined("needs the same number (>= 2) of raters on every item", n=n_items)
+    m = raters[0]
+    observed = ((table * table).sum(axis=1) - m) / (m * (m - 1))
+    p_observed = observed.mean()
+    if free_marginal:
+        p_chance = 1.0 / n_categories
+    else:
+        shares = table.sum(axis=0) / table.sum()
+        p_chance = float((shares * shares).sum())
+        if p_chance >= 1.0 - 1e-12:
+            return Stat.undefined("all ratings fall in one category, so chance agreement is 1", n=n_items)
+    return Stat(float((p_observed - p_chance) / (1.0 - p_chance)), n=n_items)
+
+
+# ---------------------------------------------------------------- simple agreement
+
+def percent_agreement(table: np.ndarray) -> Stat:
+    """Mean share of agreeing rater pairs per item (x100), over items with at least two raters."""
+    table = np.asarray(table, dtype=float)
+    raters = table.sum(axis=1)
+    keep = raters >= 2
+    if not keep.any():
+        return Stat.undefined("no item has two or more raters", n=0)
+    table, raters = table[keep], raters[keep]
+    pairs_agreeing = ((table * (table - 1)).sum(axis=1)) / (raters * (raters - 1))
+    return Stat(float(pairs_agreeing.mean() * 100), n=int(keep.sum()))
+
+
+def unanimous_items(table: np.ndarray) -> int:
+    """Items with at least two raters, all in the same category."""
+    table = np.asarray(table)
+    raters = table.sum(axis=1)
+    return int(((raters >= 2) & (table.max(axis=1) == raters)).sum())
+
+
+# ---------------------------------------------------------------- Krippendorff's alpha
+
+def krippendorff_alpha_ordinal(table: np.ndarray) -> Stat:
+    """Krippendorff's alpha with the ordinal metric; columns are categories in scale order (low to high).
+
+    Handles any number of raters per item (missing ratings): items with fewer than two ratings are not
+    pairable and drop out, as in Krippendorff (2011).
+    """
+    table = np.asarray(table, dtype=float)
+    raters = table.sum(axis=1)
+    table = table[raters >= 2]
+    raters = raters[raters >= 2]
+    if table.shape[0] == 0:
+        return Stat.undefined("no item has two or more ratings", n=0)
+    weights = 1.0 / (raters - 1.0)
+    # coincidence matrix: o_ck = sum_u (n_uc * n_uk - [c == k] n_uc) / (m_u - 1)
+    coincidence = (table * weights[:, None]).T @ table - np.diag((table * weights[:, None]).sum(axis=0))
+    marginals = coincidence.sum(axis=1)
+    total = marginals.sum()
+    delta = _ordinal_distance(marginals)
+    expected = (np.outer(marginals, marginals) * delta).sum()
+    if expected <= 0:
+        return Stat.undefined("all ratings are identical, so there is no variation to agree on",
+                              n=int(table.shape[0]))
+    observed = (coincidence * delta).sum()
+    return Stat(float(1.0 - (total - 1.0) * observed / expected), n=int(table.shape[0]))
+
+
+def _ordinal_distance(marginals: np.ndarray) -> np.ndarray:
+    """delta^2_ck = (sum_{g=c..k} n_g - (n_c + n_k) / 2)^2."""
+    cumulative = np.concatenate([[0.0], np.cumsum(marginals)])
+    size = len(marginals)
+    c, k = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    low, high = np.minimum(c, k), np.maximum(c, k)
+    between = cumulative[high + 1] - cumulative[low]
+    return (between - (marginals[c] + marginals[k]) / 2.0) ** 2
+
+
+# ---------------------------------------------------------------- correlations
+
+def _constant(values: np.ndarray) -> bool:
+    return bool(np.all(values == values[0]))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho = Pearson correlation of average ranks; None when undefined."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or _constant(x) or _constant(y):
+        return None
+    rx, ry = scipy_stats.rankdata(x), scipy_stats.rankdata(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Kendall's tau-b (tie-corrected); None when undefined."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or _constant(x) or _constant(y):
+        return None
+    return float(scipy_stats.kendalltau(x, y, variant="b").statistic)
+
+
+CORRELATIONS = {"spearman": spearman, "kendall": kendall}
+
+
+def correlation_undefined_reason(x: np.ndarray, y: np.ndarray) -> str | None:
+    if len(x) < 3:
+        return f"needs at least 3 pairs, got {len(x)}"
+    if _constant(np.asarray(x)):
+        return "the human scores are all equal"
+    if _constant(np.asarray(y)):
+        return "the automatic scores are all equal"
+    return None
+
+
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval over the finite samples (None when there are none)."""
+    samples = np.asarray(samples, float)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return None, None
+    tail = (1.0 - level) / 2.0 * 100
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator,
+                    chunk_elements: int = 2_000_000) -> np.ndarray:
+    """Means of `n_boot` resamples (with replacement) of `values`, in memory-bounded chunks."""
+    values = np.asarray(values, float)
+    n = values.size
+    rows_per_chunk = max(1, chunk_elements // max(n, 1))
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, rows_per_chunk):
+        rows = min(rows_per_chunk, n_boot - start)
+        out[start:start + rows] = values[rng.integers(0, n, size=(rows, n))].mean(axis=1)
+    return out

@@ -1,0 +1,583 @@
+"""Turn a study's ratings into the numbers a paper reports: QC, scores, agreement, human vs automatic.
+
+Reads the study database with SQL + pandas (no store internals, no torch). The scale, scores, binary
+collapse and gate policy come from the study's protocol snapshot (`studies.protocol_json`).
+
+    result = run_analysis("study.db", "s1", QCSettings(min_seconds=5))
+    result.report        # JSON-safe dict (what `analyze --json` prints)
+    result.item_scores   # one row per item x question: human score + automatic metrics
+    print(format_report(result.report))
+
+QC rules (applied in this order; each rating is counted under the first rule that removes it):
+  1. unknown_rating       rating value not on the study's scale, or question not model/gold
+  2. gate_wrong           the annotator answered the item's gate question wrongly (gate enabled, filter on,
+                          and the protocol's optional gate.exclude_wrong is not false) - for both policies:
+                          "block" should leave no ratings, "record" keeps rating but we drop them
+  3. too_fast             item x annotator took less than `min_seconds` (assignment time, else the sum of
+                          rating times; unknown time is kept)
+  4. low_gold_acceptance  all ratings of annotators whose share of gold explanations rated positive is below
+                          `min_gold_acceptance` (computed on ratings that passed 1-3; no gold ratings: kept)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from annotation import agreement as agr
+from annotation.errors import AnnotationError
+
+QUESTIONS = ("model", "gold")
+SYSTEM_KEYS = ("model", "method", "dataset")
+KNOWN_METRICS = ("bertscore_f1", "meteor", "bleu")
+EXCLUSION_RULES = ("unknown_rating", "gate_wrong", "too_fast", "low_gold_acceptance")
+# bootstrap work cap for item-level correlations (resamples x items); keeps 100k ratings under 5 s
+CORRELATION_BOOT_BUDGET = 1_500_000
+MIN_CORRELATION_BOOT = 100
+
+
+@dataclass
+class QCSettings:
+    min_seconds: float = 0.0            # 0 = off
+    min_gold_acceptance: float = 0.0    # share in [0, 1]; 0 = off
+    gate_filter: bool = True
+    n_boot: int = 1000
+    seed: int = 0
+    ci_level: float = 0.95
+
+
+@dataclass
+class StudyData:
+    study: dict[str, Any]
+    protocol: dict[str, Any]
+    items: pd.DataFrame         # one row per item, with system fields and metric_<name> columns
+    ratings: pd.DataFrame       # one row per rating, joined with its assignment
+    gate: dict[str, int]        # assignment-level gate counts
+    metric_names: list[str]
+
+
+@dataclass
+class AnalysisResult:
+    report: dict[str, Any]
+    item_scores: pd.DataFrame
+    ratings: pd.DataFrame = field(repr=False)
+
+
+# ---------------------------------------------------------------- loading
+
+def connect_readonly(db_path: str | Path) -> sqlite3.Connection:
+    path = Path(db_path)
+    if not path.exists():
+        raise AnnotationError("study database not found", path=str(path))
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def study_ids(db_path: str | Path) -> list[tuple[str, str]]:
+    """(id, name) of every study in the database, newest first."""
+    with connect_readonly(db_path) as conn:
+        return [(row[0], row[1] or "") for row in
+                conn.execute("SELECT id, name FROM studies ORDER BY created_at DESC, id")]
+
+
+def load_study(db_path: str | Path, study_id: str) -> StudyData:
+    with connect_readonly(db_path) as conn:
+        study = pd.read_sql_query("SELECT * FROM studies WHERE id = ?", conn, params=(study_id,))
+        if study.empty:
+            known = ", ".join(sid for sid, _ in study_ids(db_path)) or "none"
+            raise AnnotationError(f"no study {study_id!r} in this database (studies: {known})",
+                                  path=str(db_path), field="study")
+        items = pd.read_sql_query(
+            "SELECT id AS item_id, record_id, position, dataset, gold_label, pred_label, correct, model, "
+            "method, record_json FROM items WHERE study_id = ?", conn, params=(study_id,))
+        ratings = pd.read_sql_query(
+            "SELECT r.id AS rating_id, r.item_id, r.annotator_id, r.question, r.shown_position, r.rating, "
+            "r.score AS stored_score, r.shortcomings_json, r.comment, r.seconds_spent AS rating_seconds, "
+            "r.created_at, r.origin, a.gate_answer, a.gate_correct, a.seconds_spent AS item_seconds, "
+            "a.order_json "
+            "FROM ratings r LEFT JOIN assignments a "
+            "ON a.item_id = r.item_id AND a.annotator_id = r.annotator_id AND a.study_id = r.study_id "
+            "WHERE r.study_id = ?", conn, params=(study_id,))
+        gate_rows = conn.execute(
+            "SELECT COUNT(*), SUM(a.gate_correct = 0), SUM(a.gate_correct = 0 AND NOT EXISTS "
+            "(SELECT 1 FROM ratings r WHERE r.item_id = a.item_id AND r.annotator_id = a.annotator_id "
+            "AND r.study_id = a.study_id)) FROM assignments a WHERE a.study_id = ? AND a.gate_correct "
+            "IS NOT NULL", (study_id,)).fetchone()
+    study_row = study.iloc[0].to_dict()
+    try:
+        protocol = json.loads(study_row.get("protocol_json") or "")
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"the study's protocol snapshot is not valid JSON ({err.msg})",
+                              path=str(db_path), field="studies.protocol_json") from err
+    items, metric_names = _expand_items(items)
+    gate = {"answered": int(gate_rows[0] or 0), "wrong": int(gate_rows[1] or 0),
+            "wrong_without_ratings": int(gate_rows[2] or 0)}
+    return StudyData(study_row, protocol, items, ratings, gate, metric_names)
+
+
+def _expand_items(items: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Fill system fields from the record where the columns are empty, and add metric_<name> columns."""
+    records = [json.loads(text) if isinstance(text, str) and text else {} for text in items["record_json"]]
+    for column in ("record_id", "dataset", "gold_label", "pred_label", "model", "method"):
+        from_record = [rec.get("id" if column == "record_id" else column) for rec in records]
+        items[column] = items[column].where(items[column].notna(), pd.Series(from_record, index=items.index))
+    correct_record = [rec.get("correct") for rec in records]
+    items["correct"] = [bool(c) if pd.notna(c) else (bool(r) if r is not None else None)
+                        for c, r in zip(items["correct"], correct_record)]
+    items["pred_explanation"] = [rec.get("pred_explanation") for rec in records]
+    items["gold_explanation"] = [(rec.get("gold_explanations") or [None])[0] for rec in records]
+    metrics = [rec.get("metrics") or {} for rec in records]
+    found = {key for m in metrics for key, value in m.items()
+             if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    metric_names = [m for m in KNOWN_METRICS if m in found] + sorted(found - set(KNOWN_METRICS))
+    for name in metric_names:
+        items[f"metric_{name}"] = pd.to_numeric(pd.Series([m.get(name) for m in metrics], index=items.index),
+                                                errors="coerce")
+    for column in ("dataset", "model", "method", "gold_label"):
+        items[column] = items[column].fillna("?").astype(str)
+    return items.drop(columns=["record_json"]), metric_names
+
+
+# ---------------------------------------------------------------- protocol helpers
+
+@dataclass
+class Scale:
+    values: list[str]            # ordered low score -> high score
+    scores: dict[str, float]
+    labels: dict[str, str]
+    positive: set[str]
+
+    @classmethod
+    def from_protocol(cls, protocol: dict[str, Any]) -> "Scale":
+        points = protocol.get("scale") or []
+        if len(points) < 2:
+            raise AnnotationError("the study's protocol has no rating scale", field="protocol.scale")
+        ordered = sorted(points, key=lambda p: float(p["score"]))
+        return cls([p["value"] for p in ordered], {p["value"]: float(p["score"]) for p in points},
+                   {p["value"]: p.get("label", p["value"]) for p in points},
+                   set(protocol.get("binary_positive") or []))
+
+
+def gate_filter_active(protocol: dict[str, Any], settings: QCSettings) -> bool:
+    gate = protocol.get("gate") or {}
+    return bool(settings.gate_filter and gate.get("enabled") and gate.get("exclude_wrong", True))
+
+
+# ---------------------------------------------------------------- QC
+
+def apply_qc(data: StudyData, scale: Scale, settings: QCSettings) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Add score/binary/qc_exclusion columns to the ratings; return them and the QC section of the report."""
+    ratings = data.ratings.copy()
+    ratings["score"] = ratings["rating"].map(scale.scores)
+    ratings["binary"] = ratings["rating"].isin(scale.positive).astype(int)
+    exclusion = pd.Series(None, index=ratings.index, dtype=object)
+
+    def mark(mask: pd.Series, rule: str) -> None:
+        exclusion[mask & exclusion.isna()] = rule
+
+    mark(ratings["score"].isna() | ~ratings["question"].isin(QUESTIONS), "unknown_rating")
+    gate_on = gate_filter_active(data.protocol, settings)
+    if gate_on:
+        mark(ratings["gate_correct"].fillna(1).astype(float) == 0, "gate_wrong")
+    if settings.min_seconds > 0:
+        seconds = ratings["item_seconds"].astype(float)
+        grouped = ratings.groupby(["item_id", "annotator_id"])["rating_seconds"]
+        summed = grouped.transform("sum").where(grouped.transform("count") > 0)
+        seconds = seconds.fillna(summed.astype(float))
+        mark(seconds < settings.min_seconds, "too_fast")
+    acceptance = _gold_acceptance(ratings[exclusion.isna()])
+    excluded_annotators: list[dict[str, Any]] = []
+    if settings.min_gold_acceptance > 0:
+        low = acceptance[acceptance["gold_acceptance"] < settings.min_gold_acceptance]
+        mark(ratings["annotator_id"].isin(low.index), "low_gold_acceptance")
+        excluded_annotators = [{"annotator_id": aid, "gold_acceptance": float(row.gold_acceptance),
+                                "gold_ratings": int(row.gold_ratings)} for aid, row in low.iterrows()]
+    ratings["qc_exclusion"] = exclusion
+    counts = exclusion.value_counts()
+    kept = ratings[exclusion.isna()]
+    qc = {
+        "ratings_total": int(len(ratings)),
+        "ratings_kept": int(len(kept)),
+        "excluded": {rule: int(counts.get(rule, 0)) for rule in EXCLUSION_RULES},
+        "rules": {"gate_filter": gate_on, "gate_policy": (data.protocol.get("gate") or {}).get("policy"),
+                  "min_seconds": settings.min_seconds, "min_gold_acceptance": settings.min_gold_acceptance},
+        "gate_assignments": data.gate,
+        "annotators_total": int(ratings["annotator_id"].nunique()),
+        "annotators_kept": int(kept["annotator_id"].nunique()),
+        "annotators_excluded": excluded_annotators,
+        "annotators_without_gold_ratings": int(ratings["annotator_id"].nunique() - len(acceptance)),
+        "items_total": int(len(data.items)),
+        "items_rated": int(kept["item_id"].nunique()),
+    }
+    return ratings, qc
+
+
+def _gold_acceptance(ratings: pd.DataFrame) -> pd.DataFrame:
+    gold = ratings[ratings["question"] == "gold"]
+    grouped = gold.groupby("annotator_id")["binary"]
+    return pd.DataFrame({"gold_acceptance": grouped.mean(), "gold_ratings": grouped.size()})
+
+
+# ---------------------------------------------------------------- scores
+
+def item_scores(kept: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """One row per item x question: mean mapped rating, number of ratings, joined with item fields."""
+    grouped = kept.groupby(["item_id", "question"], sort=False)
+    table = grouped.agg(human_score=("score", "mean"), n_ratings=("score", "size"),
+                        positive_share=("binary", "mean")).reset_index()
+    return table.merge(items, on="item_id", how="left")
+
+
+def _summary(values: np.ndarray, rng: np.random.Generator | None, settings: QCSettings) -> dict[str, Any]:
+    """mean x100, std, stderr (and a bootstrap CI when rng is given) of item scores."""
+    values = np.asarray(values, float) * 100
+    n = int(values.size)
+    std = float(values.std(ddof=1)) if n >= 2 else None
+    out: dict[str, Any] = {"n_items": n, "mean": float(values.mean()) if n else None, "std": std,
+                           "stderr": std / math.sqrt(n) if std is not None else None}
+    if rng is not None:
+        if n >= 2:
+            low, high = agr.percentile_ci(agr.bootstrap_means(values, settings.n_boot, rng), settings.ci_level)
+        else:
+            low = high = None
+        out.update(ci_low=low, ci_high=high)
+    return out
+
+
+def system_scores(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(settings.seed)
+    rows = []
+    for (model, method, dataset, question), group in scores.groupby(
+            [*SYSTEM_KEYS, "question"], sort=True):
+        rows.append({"model": model, "method": method, "dataset": dataset, "question": question,
+                     "n_ratings": int(group["n_ratings"].sum()),
+                     **_summary(group["human_score"].to_numpy(), rng, settings)})
+    return rows
+
+
+def breakdown(scores: pd.DataFrame, by: str, settings: QCSettings) -> list[dict[str, Any]]:
+    rows = []
+    for (model, method, dataset, question, group_value), group in scores.groupby(
+            [*SYSTEM_KEYS, "question", by], sort=True, dropna=False):
+        value = None if pd.isna(group_value) else (bool(group_value) if by == "correct" else group_value)
+        rows.append({"model": model, "method": method, "dataset": dataset, "question": question, by: value,
+                     **_summary(group["human_score"].to_numpy(), None, settings)})
+    return rows
+
+
+def rating_distribution(kept: pd.DataFrame, scale: Scale) -> list[dict[str, Any]]:
+    rows = []
+    for question, group in kept.groupby("question", sort=True):
+        counts = group["rating"].value_counts()
+        for value in reversed(scale.values):
+            count = int(counts.get(value, 0))
+            rows.append({"question": question, "rating": value, "label": scale.labels[value],
+                         "count": count, "share": count / len(group)})
+    return rows
+
+
+def shortcoming_frequencies(kept: pd.DataFrame, items: pd.DataFrame,
+                            protocol: dict[str, Any]) -> list[dict[str, Any]]:
+    """Share of ratings (that answered the checklist) naming each shortcoming, per system and question."""
+    labels = {opt["value"]: opt.get("label", opt["value"]) for opt in protocol.get("shortcomings") or []}
+    answered = kept[kept["shortcomings_json"].notna()]
+    if answered.empty:
+        return []
+    lists = answered["shortcomings_json"].map(_parse_list)
+    exploded = answered.assign(shortcoming=lists).explode("shortcoming")
+    exploded = exploded.merge(items[["item_id", *SYSTEM_KEYS]], on="item_id", how="left")
+    answered_sys = answered.merge(items[["item_id", *SYSTEM_KEYS]], on="item_id", how="left")
+    denominators = answered_sys.groupby([*SYSTEM_KEYS, "question"]).size()
+    counts = exploded.dropna(subset=["shortcoming"]).groupby([*SYSTEM_KEYS, "question", "shortcoming"]).size()
+    rows = []
+    for (model, method, dataset, question, value), count in counts.items():
+        total = int(denominators[(model, method, dataset, question)])
+        rows.append({"model": model, "method": method, "dataset": dataset, "question": question,
+                     "shortcoming": value, "label": labels.get(value, value), "count": int(count),
+                     "ratings_answered": total, "share": int(count) / total})
+    return rows
+
+
+def _parse_list(text: Any) -> list[str]:
+    try:
+        value = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+# ---------------------------------------------------------------- agreement
+
+def agreement_section(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale) -> list[dict[str, Any]]:
+    """Agreement per question, over all items and per system."""
+    with_system = kept.merge(items[["item_id", *SYSTEM_KEYS]], on="item_id", how="left")
+    rows = []
+    for question, group in with_system.groupby("question", sort=True):
+        rows.append({"scope": "all", "question": question, **agreement_stats(group, scale)})
+        for (model, method, dataset), sub in group.groupby(list(SYSTEM_KEYS), sort=True):
+            rows.append({"scope": f"{model} | {method} | {dataset}", "question": question,
+                         **agreement_stats(sub, scale)})
+    return rows
+
+
+def agreement_stats(ratings: pd.DataFrame, scale: Scale) -> dict[str, Any]:
+    """Kappas on the binary collapse (items with the modal rater count), alpha on the full scale."""
+    item_codes, item_index = pd.factorize(ratings["item_id"])
+    n_items = len(item_index)
+    binary = agr.count_table(item_codes, ratings["binary"].to_numpy(), n_items, 2)
+    rank = {value: i for i, value in enumerate(scale.values)}
+    full = agr.count_table(item_codes, ratings["rating"].map(rank).to_numpy().astype(int), n_items,
+                           len(scale.values))
+    raters = binary.sum(axis=1)
+    modal = agr.modal_rater_count(binary)
+    if modal is None:
+        kappa_table = binary[:0]
+        fleiss = randolph = agr.Stat.undefined("no item has two or more raters", n=0)
+    else:
+        kappa_table = binary[raters == modal]
+        fleiss, randolph = agr.fleiss_kappa(kappa_table), agr.randolph_kappa(kappa_table)
+    return {
+        "items": n_items,
+        "items_with_2plus_raters": int((raters >= 2).sum()),
+        "raters_per_item_for_kappa": modal,
+        "items_dropped_for_kappa": int(n_items - len(kappa_table)),
+        "fleiss_kappa_binary": fleiss.to_json(),
+        "randolph_free_marginal_kappa_binary": randolph.to_json(),
+        "krippendorff_alpha_ordinal": agr.krippendorff_alpha_ordinal(full).to_json(),
+        "percent_agreement_binary": agr.percent_agreement(binary).to_json(),
+        "percent_agreement_scale": agr.percent_agreement(full).to_json(),
+        "unanimous_items_binary": agr.unanimous_items(binary),
+        "unanimous_items_scale": agr.unanimous_items(full),
+    }
+
+
+# ---------------------------------------------------------------- human vs automatic
+
+def correlation_section(scores: pd.DataFrame, metric_names: list[str], settings: QCSettings) -> dict[str, Any]:
+    model_scores = scores[scores["question"] == "model"]
+    rng = np.random.default_rng(settings.seed + 1)
+    item_level, system_level = [], []
+    for metric in metric_names:
+        paired = model_scores.dropna(subset=[f"metric_{metric}", "human_score"])
+        human, auto = paired["human_score"].to_numpy(float), paired[f"metric_{metric}"].to_numpy(float)
+        item_level.append({"metric": metric, **_item_correlations(human, auto, rng, settings)})
+        system_level.append({"metric": metric, **_system_correlations(paired, metric, rng, settings)})
+    return {"human_question": "model", "item_level": item_level, "system_level": system_level,
+            "note": "item level pools all rated items; system level needs >= 3 systems and bootstraps items "
+                    "within each system"}
+
+
+def _item_correlations(human: np.ndarray, auto: np.ndarray, rng: np.random.Generator,
+                       settings: QCSettings) -> dict[str, Any]:
+    n = len(human)
+    reason = agr.correlation_undefined_reason(human, auto)
+    if reason:
+        return {"n": n, "n_boot": 0, **{name: agr.Stat.undefined(reason, n=n).to_json()
+                                        for name in agr.CORRELATIONS}}
+    n_boot = int(min(settings.n_boot, max(MIN_CORRELATION_BOOT, CORRELATION_BOOT_BUDGET // n)))
+    out: dict[str, Any] = {"n": n, "n_boot": n_boot}
+    samples = {name: np.full(n_boot, np.nan) for name in agr.CORRELATIONS}
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        h, a = human[idx], auto[idx]
+        for name, func in agr.CORRELATIONS.items():
+            value = func(h, a)
+            samples[name][b] = np.nan if value is None else value
+    for name, func in agr.CORRELATIONS.items():
+        low, high = agr.percentile_ci(samples[name], settings.ci_level)
+        out[name] = agr.Stat(func(human, auto), ci_low=low, ci_high=high, n=n).to_json()
+    return out
+
+
+def _system_correlations(paired: pd.DataFrame, metric: str, rng: np.random.Generator,
+                         settings: QCSettings) -> dict[str, Any]:
+    groups = [g for _, g in paired.groupby(list(SYSTEM_KEYS), sort=True)]
+    n = len(groups)
+    if n < 3:
+        stat = agr.Stat.undefined(f"needs at least 3 systems, got {n}", n=n)
+        return {"n_systems": n, **{name: stat.to_json() for name in agr.CORRELATIONS}}
+    human = np.array([g["human_score"].mean() for g in groups])
+    auto = np.array([g[f"metric_{metric}"].mean() for g in groups])
+    reason = agr.correlation_undefined_reason(human, auto)
+    if reason:
+        return {"n_systems": n, **{name: agr.Stat.undefined(reason, n=n).to_json() for name in agr.CORRELATIONS}}
+    # stratified bootstrap: resample items inside each system, recompute system means
+    boot_h = np.empty((settings.n_boot, n))
+    boot_a = np.empty((settings.n_boot, n))
+    for j, g in enumerate(groups):
+        h, a = g["human_score"].to_numpy(float), g[f"metric_{metric}"].to_numpy(float)
+        idx = rng.integers(0, len(h), size=(settings.n_boot, len(h)))
+        boot_h[:, j], boot_a[:, j] = h[idx].mean(axis=1), a[idx].mean(axis=1)
+    out: dict[str, Any] = {"n_systems": n}
+    for name, func in agr.CORRELATIONS.items():
+        samples = _rowwise_correlation(boot_h, boot_a, name)
+        low, high = agr.percentile_ci(samples, settings.ci_level)
+        out[name] = agr.Stat(func(human, auto), ci_low=low, ci_high=high, n=n).to_json()
+    return out
+
+
+def _rowwise_correlation(x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
+    """Spearman or Kendall tau-b for each row of x against the same row of y (few columns)."""
+    from scipy.stats import rankdata
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if name == "spearman":
+            rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+            rx, ry = rx - rx.mean(axis=1, keepdims=True), ry - ry.mean(axis=1, keepdims=True)
+            return (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+        sx = np.sign(x[:, :, None] - x[:, None, :])
+        sy = np.sign(y[:, :, None] - y[:, None, :])
+        return (sx * sy).sum(axis=(1, 2)) / np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
+
+
+# ---------------------------------------------------------------- entry points
+
+def run_analysis(db_path: str | Path, study_id: str, settings: QCSettings | None = None,
+                 progress=None) -> AnalysisResult:
+    """Load, QC, score and correlate one study. `progress(fraction, desc)` is called between steps."""
+    settings = settings or QCSettings()
+    step = progress or (lambda fraction, desc: None)
+    step(0.0, "loading ratings")
+    data = load_study(db_path, study_id)
+    scale = Scale.from_protocol(data.protocol)
+    step(0.2, "quality control")
+    ratings, qc = apply_qc(data, scale, settings)
+    kept = ratings[ratings["qc_exclusion"].isna()]
+    scores = item_scores(kept, data.items)
+    step(0.35, "scores")
+    report: dict[str, Any] = {
+        "study": {"id": data.study["id"], "name": data.study.get("name"), "preset": data.study.get("preset"),
+                  "status": data.study.get("status"),
+                  "scale": [{"value": v, "label": scale.labels[v], "score": scale.scores[v]}
+                            for v in reversed(scale.values)],
+                  "binary_positive": sorted(scale.positive), "gate": data.protocol.get("gate")},
+        "settings": asdict(settings),
+        "qc": qc,
+        "scores": system_scores(scores, settings),
+        "breakdown_by_gold_label": breakdown(scores, "gold_label", settings),
+        "breakdown_by_correct": breakdown(scores, "correct", settings),
+        "rating_distribution": rating_distribution(kept, scale),
+        "shortcomings": shortcoming_frequencies(kept, data.items, data.protocol),
+    }
+    step(0.5, "agreement")
+    report["agreement"] = agreement_section(kept, data.items, scale)
+    step(0.7, "correlations")
+    report["correlations"] = correlation_section(scores, data.metric_names, settings)
+    step(1.0, "done")
+    return AnalysisResult(json_safe(report), scores, ratings)
+
+
+def analyze(db_path: str | Path, study_id: str, settings: QCSettings | None = None) -> dict[str, Any]:
+    """The JSON-safe report of one study (see `run_analysis`)."""
+    return run_analysis(db_path, study_id, settings).report
+
+
+def json_safe(value: Any) -> Any:
+    """Plain Python types, NaN/inf -> None, so json.dumps(..., allow_nan=False) always works."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+# ---------------------------------------------------------------- text report
+
+def _num(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _stat(stat: dict[str, Any], digits: int = 3) -> str:
+    if stat["value"] is None:
+        return f"undefined: {stat['reason']}"
+    text = f"{stat['value']:.{digits}f}"
+    if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
+        text += f" [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+    return text
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable plain-text version of the report."""
+    study, qc = report["study"], report["qc"]
+    level = int(round(report["settings"]["ci_level"] * 100))
+    parts = [f"Study {study['id']} ({study.get('name') or 'unnamed'}, preset {study.get('preset')})",
+             "Scale: " + ", ".join(f"{p['label']}={p['score']:.3g}" for p in study["scale"])
+             + f"; positive (binary) = {', '.join(study['binary_positive'])}", ""]
+    parts.append("Quality control")
+    rules = qc["rules"]
+    parts.append(f"  ratings {qc['ratings_total']}, kept {qc['ratings_kept']}; annotators {qc['annotators_total']}, "
+                 f"kept {qc['annotators_kept']}; items {qc['items_total']}, rated after QC {qc['items_rated']}")
+    parts.append(f"  rules: gate filter {'on' if rules['gate_filter'] else 'off'} (policy {rules['gate_policy']}), "
+                 f"min seconds {rules['min_seconds']:g}, min gold acceptance {rules['min_gold_acceptance']:g}")
+    parts.append("  excluded: " + ", ".join(f"{k} {v}" for k, v in qc["excluded"].items()))
+    gate = qc["gate_assignments"]
+    parts.append(f"  gate answers {gate['answered']}, wrong {gate['wrong']} "
+                 f"({gate['wrong_without_ratings']} blocked with no ratings)")
+    for ann in qc["annotators_excluded"]:
+        parts.append(f"  excluded annotator {ann['annotator_id']}: gold acceptance "
+                     f"{ann['gold_acceptance']:.2f} on {ann['gold_ratings']} gold ratings")
+    parts += ["", f"Scores (mean of item scores x100, bootstrap {level}% CI over items)"]
+    parts.append(_table(["model", "method", "dataset", "question", "items", "mean", "std", "stderr", "CI"],
+                        [[r["model"], r["method"], r["dataset"], r["question"], str(r["n_items"]), _num(r["mean"]),
+                          _num(r["std"]), _num(r["stderr"]),
+                          f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]"] for r in report["scores"]]))
+    for key, label in (("gold_label", "gold label"), ("correct", "prediction correct")):
+        parts += ["", f"By {label}"]
+        parts.append(_table(["model", "method", "dataset", "question", label, "items", "mean", "stderr"],
+                            [[r["model"], r["method"], r["dataset"], r["question"], str(r[key]),
+                              str(r["n_items"]), _num(r["mean"]), _num(r["stderr"])]
+                             for r in report[f"breakdown_by_{key}"]]))
+    parts += ["", "Rating distribution (after QC)"]
+    parts.append(_table(["question", "rating", "count", "share"],
+                        [[r["question"], r["label"], str(r["count"]), f"{r['share']:.2f}"]
+                         for r in report["rating_distribution"]]))
+    if report["shortcomings"]:
+        parts += ["", "Shortcomings (share of ratings that answered the checklist)"]
+        parts.append(_table(["model", "method", "dataset", "question", "shortcoming", "count", "share"],
+                            [[r["model"], r["method"], r["dataset"], r["question"], r["label"], str(r["count"]),
+                              f"{r['share']:.2f}"] for r in report["shortcomings"]]))
+    parts += ["", "Agreement (binary collapse for kappas and percent agreement; ordinal alpha on the full scale)"]
+    for row in report["agreement"]:
+        parts.append(f"  [{row['question']}] {row['scope']}: {row['items']} items, kappas on "
+                     f"{row['items'] - row['items_dropped_for_kappa']} items with "
+                     f"{row['raters_per_item_for_kappa']} raters ({row['items_dropped_for_kappa']} dropped)")
+        parts.append(f"      Fleiss' kappa {_stat(row['fleiss_kappa_binary'])}; Randolph's free-marginal kappa "
+                     f"{_stat(row['randolph_free_marginal_kappa_binary'])}; Krippendorff's alpha (ordinal) "
+                     f"{_stat(row['krippendorff_alpha_ordinal'])}")
+        parts.append(f"      percent agreement binary {_stat(row['percent_agreement_binary'], 1)}, scale "
+                     f"{_stat(row['percent_agreement_scale'], 1)}; unanimous items binary "
+                     f"{row['unanimous_items_binary']}, scale {row['unanimous_items_scale']}")
+    corr = report["correlations"]
+    parts += ["", f"Human (model explanations) vs automatic metrics ({level}% bootstrap CI)"]
+    if not corr["item_level"]:
+        parts.append("  no automatic metrics in the predictions records")
+    for item, system in zip(corr["item_level"], corr["system_level"]):
+        parts.append(f"  {item['metric']}: item level (n={item['n']}, {item['n_boot']} resamples) Spearman "
+                     f"{_stat(item['spearman'])}, Kendall {_stat(item['kendall'])}")
+        parts.append(f"  {' ' * len(item['metric'])}  system level (n={system['n_systems']}) Spearman "
+                     f"{_stat(system['spearman'])}, Kendall {_stat(system['kendall'])}")
+    return "\n".join(parts)
