@@ -83,6 +83,10 @@ class Example:
     label: str  # canonical label as it appears in the target
     explanations: tuple[str, ...]  # >= 1 reference explanations (training uses the first)
 
+    def __hash__(self) -> int:  # the generated hash would fail on the `inputs` dict
+        return hash((self.id, self.dataset, self.split, tuple(sorted(self.inputs.items())), self.label,
+                     self.explanations))
+
 
 @dataclass
 class LoadReport:

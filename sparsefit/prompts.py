@@ -161,3 +161,18 @@ def gate_question(dataset: str, inputs: Mapping[str, str] | None = None) -> dict
         "option_text": dict(option_text),
         "justify_question": f"{context}, does this explanation justify the answer to the question?",
     }
+
+
+def render_example(example: Example) -> dict[str, Any]:
+    """Everything `sparsefit data show` prints for one example: the exact model input and targets."""
+    return {
+        "id": example.id,
+        "dataset": example.dataset,
+        "split": example.split,
+        "label": example.label,
+        "inputs": dict(example.inputs),
+        "input": format_input(example),
+        "target": format_target(example),
+        "target_all_references": format_target(example, all_references=True),
+        "explanations": list(example.explanations),
+    }

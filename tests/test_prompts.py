@@ -9,7 +9,7 @@ import pytest
 from sparsefit.data import Example, load_examples
 from sparsefit.errors import SparseFitError
 from sparsefit.prompts import (CAUSAL_SEPARATOR, causal_prompt, causal_target, format_input, format_target,
-                               gate_question, is_correct, parse_generation)
+                               gate_question, is_correct, parse_generation, render_example)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -135,3 +135,13 @@ def test_gate_questions():
     assert reviews["options"] == ["positive", "negative"]
     assert reviews["question"] == "Is this review positive or negative?"
     assert reviews["context"] == "Given the review above"
+
+
+def test_render_example_for_data_show():
+    example = make("comve", {"sent0": "A.", "sent1": "B."}, "choice2", "One.", "Two.")
+    shown = render_example(example)
+    assert shown["input"] == "explain what is more nonsensical? \\n choice1: a. choice2: b.</s>"
+    assert shown["target"] == "choice2 because one."
+    assert shown["target_all_references"] == "choice2 because one. [SEP] two."
+    assert shown["explanations"] == ["One.", "Two."] and shown["label"] == "choice2"
+    assert len({example, make("comve", {"sent0": "A.", "sent1": "B."}, "choice2", "One.", "Two.")}) == 1
