@@ -333,3 +333,9 @@ def test_data_hash_is_canonical_and_sensitive():
     changed[5] = Example(**{**changed[5].__dict__, "explanations": ("something else",)})
     assert data_hash(changed) != data_hash(examples)
     assert data_hash(list(reversed(examples))) != data_hash(examples)
+
+
+def test_left_out_rows_are_logged_with_their_count(caplog):
+    with caplog.at_level("INFO", logger="sparsefit.data"):
+        load_examples("sbic", FIXTURES / "sbic", "dev")
+    assert "4 examples; left out: 1 offensive group-targeted posts without an implied statement" in caplog.text
