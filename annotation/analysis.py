@@ -384,17 +384,28 @@ def _item_correlations(human: np.ndarray, auto: np.ndarray, rng: np.random.Gener
                                         for name in agr.CORRELATIONS}}
     n_boot = int(min(settings.n_boot, max(MIN_CORRELATION_BOOT, CORRELATION_BOOT_BUDGET // n)))
     out: dict[str, Any] = {"n": n, "n_boot": n_boot}
-    samples = {name: np.full(n_boot, np.nan) for name in agr.CORRELATIONS}
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        h, a = human[idx], auto[idx]
-        for name, func in agr.CORRELATIONS.items():
-            value = func(h, a)
-            samples[name][b] = np.nan if value is None else value
+    idx = rng.integers(0, n, size=(n_boot, n))
     for name, func in agr.CORRELATIONS.items():
-        low, high = agr.percentile_ci(samples[name], settings.ci_level)
+        samples = _bootstrap_correlation(human, auto, idx, name)
+        low, high = agr.percentile_ci(samples, settings.ci_level)
         out[name] = agr.Stat(func(human, auto), ci_low=low, ci_high=high, n=n).to_json()
     return out
+
+
+def _bootstrap_correlation(human: np.ndarray, auto: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
+    """The correlation on each resample (row of idx): vectorised where memory allows, else one by one."""
+    n_boot, n = idx.shape
+    pair_cells = n * n if name == "kendall" else n
+    if pair_cells <= 200_000:
+        rows = max(1, 4_000_000 // pair_cells)
+        return np.concatenate([_rowwise_correlation(human[idx[i:i + rows]], auto[idx[i:i + rows]], name)
+                               for i in range(0, n_boot, rows)])
+    func = agr.CORRELATIONS[name]
+    samples = np.full(n_boot, np.nan)
+    for b in range(n_boot):
+        value = func(human[idx[b]], auto[idx[b]])
+        samples[b] = np.nan if value is None else value
+    return samples
 
 
 def _system_correlations(paired: pd.DataFrame, metric: str, rng: np.random.Generator,
@@ -503,7 +514,7 @@ def _num(value: Any, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _stat(stat: dict[str, Any], digits: int = 3) -> str:
+def format_stat(stat: dict[str, Any], digits: int = 3) -> str:
     if stat["value"] is None:
         return f"undefined: {stat['reason']}"
     text = f"{stat['value']:.{digits}f}"
@@ -565,11 +576,11 @@ def format_report(report: dict[str, Any]) -> str:
         parts.append(f"  [{row['question']}] {row['scope']}: {row['items']} items, kappas on "
                      f"{row['items'] - row['items_dropped_for_kappa']} items with "
                      f"{row['raters_per_item_for_kappa']} raters ({row['items_dropped_for_kappa']} dropped)")
-        parts.append(f"      Fleiss' kappa {_stat(row['fleiss_kappa_binary'])}; Randolph's free-marginal kappa "
-                     f"{_stat(row['randolph_free_marginal_kappa_binary'])}; Krippendorff's alpha (ordinal) "
-                     f"{_stat(row['krippendorff_alpha_ordinal'])}")
-        parts.append(f"      percent agreement binary {_stat(row['percent_agreement_binary'], 1)}, scale "
-                     f"{_stat(row['percent_agreement_scale'], 1)}; unanimous items binary "
+        parts.append(f"      Fleiss' kappa {format_stat(row['fleiss_kappa_binary'])}; Randolph's free-marginal kappa "
+                     f"{format_stat(row['randolph_free_marginal_kappa_binary'])}; Krippendorff's alpha (ordinal) "
+                     f"{format_stat(row['krippendorff_alpha_ordinal'])}")
+        parts.append(f"      percent agreement binary {format_stat(row['percent_agreement_binary'], 1)}, scale "
+                     f"{format_stat(row['percent_agreement_scale'], 1)}; unanimous items binary "
                      f"{row['unanimous_items_binary']}, scale {row['unanimous_items_scale']}")
     corr = report["correlations"]
     parts += ["", f"Human (model explanations) vs automatic metrics ({level}% bootstrap CI)"]
@@ -577,7 +588,7 @@ def format_report(report: dict[str, Any]) -> str:
         parts.append("  no automatic metrics in the predictions records")
     for item, system in zip(corr["item_level"], corr["system_level"]):
         parts.append(f"  {item['metric']}: item level (n={item['n']}, {item['n_boot']} resamples) Spearman "
-                     f"{_stat(item['spearman'])}, Kendall {_stat(item['kendall'])}")
+                     f"{format_stat(item['spearman'])}, Kendall {format_stat(item['kendall'])}")
         parts.append(f"  {' ' * len(item['metric'])}  system level (n={system['n_systems']}) Spearman "
-                     f"{_stat(system['spearman'])}, Kendall {_stat(system['kendall'])}")
+                     f"{format_stat(system['spearman'])}, Kendall {format_stat(system['kendall'])}")
     return "\n".join(parts)
