@@ -196,7 +196,8 @@ def export_run(run_dir: str | Path, pattern: str, out_dir: str | Path | None = N
     backbone, model, method, manifest = load_delta(run_dir)
     model = method.merge(model)
     model.eval()
-    report: dict[str, Any] = {"run": str(run_dir), "method": manifest.get("method"), "pattern": str(parsed)}
+    report: dict[str, Any] = {"run": str(run_dir), "out": str(out), "method": manifest.get("method"),
+                              "pattern": str(parsed)}
     dense = _evaluate(backbone, model, run_dir, n_eval, progress) if evaluate and n_eval else None
     if evaluate and dense is None:
         dense = _results_summary(run_dir)
