@@ -13,8 +13,7 @@ from annotation.errors import AnnotationError
 from annotation.protocol import question_for
 from annotation.store import GATE_FAILED, Annotator, Assignment, RatingInput, Store
 
-FIELD_NAMES = {"sent0": "Sentence 1", "sent1": "Sentence 2", "c1": "Choice A", "c2": "Choice B",
-               "c3": "Choice C", "c4": "Choice D", "c5": "Choice E"}
+FIELD_NAMES = {"sent0": "Statement 1", "sent1": "Statement 2"}
 SLOTS = "AB"
 PROLIFIC_COMPLETE_URL = "https://app.prolific.com/submissions/complete?cc={code}"
 
@@ -122,8 +121,11 @@ class AnnotatorFlow:
         }
         gate = protocol["resolved"]["gate_questions"].get(dataset) if protocol["gate"]["enabled"] else None
         if gate and assignment.gate_answer is None:
+            options = gate.get("options_by_record", {}).get(record["id"], gate["options"])
             view.update(stage="gate", gate={"question": gate["question"], "context": gate.get("context", ""),
-                                            "options": gate["options"]})
+                                            "options": options,
+                                            "option_text": {o: gate.get("option_text", {}).get(o, o)
+                                                            for o in options}})
             return view
         texts = {"model": (record["pred_explanation"], record["pred_label"]),
                  "gold": (record["gold_explanations"][0], record["gold_label"])}

@@ -494,7 +494,12 @@ def select_items(records: list, *, only_correct: bool, per_label: int, seed: int
 
 
 def gate_questions(records: list, protocol: dict) -> dict[str, dict[str, Any]]:
-    """Per dataset: the task question and answer options shown at the gate, frozen into the study."""
+    """Per dataset: the task question and answer options shown at the gate, frozen into the study.
+
+    Options come from `sparsefit.prompts.gate_question` when the backend knows the task, else from the
+    records' `label_options`, else from the gold labels in the file. Tasks whose options depend on the
+    item (ECQA's answer choices) also get `options_by_record`.
+    """
     labels_by_dataset: dict[str, list[str]] = defaultdict(list)
     options_by_dataset: dict[str, list[str]] = {}
     for record in records:
@@ -504,29 +509,41 @@ def gate_questions(records: list, protocol: dict) -> dict[str, dict[str, Any]]:
             options_by_dataset[record.dataset] = list(record.label_options)
     resolved = {}
     for dataset, gold_labels in labels_by_dataset.items():
-        question = _backend_gate_question(dataset)
-        options = (question or {}).get("options") or options_by_dataset.get(dataset) or sorted(gold_labels)
-        options = list(options) + [label for label in gold_labels
-                                   if label.lower() not in {o.lower() for o in options}]
-        resolved[dataset] = {
-            "question": (question or {}).get("question") or "What is the correct answer?",
-            "context": (question or {}).get("context") or "",
-            "options": options,
-        }
+        backend = _backend_gate_question(dataset) or {}
+        options = backend.get("options") or options_by_dataset.get(dataset) or sorted(gold_labels)
+        gate = {"question": backend.get("question") or "What is the correct answer?",
+                "context": backend.get("context") or "",
+                "options": _with_gold(options, gold_labels),
+                "option_text": dict(backend.get("option_text") or {})}
+        per_record = {}
+        for record in records:
+            if record.dataset != dataset:
+                continue
+            own = (_backend_gate_question(dataset, record.inputs) or {}).get("options")
+            if own and own != backend.get("options"):
+                per_record[record.id] = _with_gold(own, [record.gold_label])
+        if per_record:
+            gate["options_by_record"] = per_record
+        resolved[dataset] = gate
     return resolved
 
 
-def _backend_gate_question(dataset: str) -> dict[str, Any] | None:
+def _with_gold(options: list[str], gold_labels: list[str]) -> list[str]:
+    """The gate must be answerable: add any gold label the option list lacks."""
+    known = {o.lower() for o in options}
+    return list(options) + [label for label in gold_labels if label.lower() not in known]
+
+
+def _backend_gate_question(dataset: str, inputs: dict[str, str] | None = None) -> dict[str, Any] | None:
     """`sparsefit.prompts.gate_question` (pure Python) when it knows the dataset; None otherwise."""
     try:
+        from sparsefit.errors import SparseFitError
         from sparsefit.prompts import gate_question
     except ImportError:
         return None
-    from sparsefit.errors import SparseFitError
-
     try:
-        answer = gate_question(dataset)
-    except (SparseFitError, LookupError, ValueError):  # a user task the backend does not know
+        answer = gate_question(dataset, inputs)
+    except (SparseFitError, LookupError, ValueError, TypeError):  # a user task the backend does not know
         return None
     return answer if isinstance(answer, dict) else None
 

@@ -1,0 +1,75 @@
+"""SparseFit web app: try a model (Demo) and rate explanations (Annotate, Admin, Results).
+
+    python app.py [--db models/studies.db] [--host 127.0.0.1] [--port 7860] [--admin-password PW]
+
+The admin password comes from --admin-password, else the SPARSEFIT_ADMIN_PASSWORD environment variable,
+else a new one is generated and printed. If the quickstart predictions exist, the "quickstart" study is
+created from them on first start. Torch is not imported at startup: the demo loads its model on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+STARTED = time.perf_counter()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default="models/studies.db", help="study database (SQLite) path")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--admin-password", default=None,
+                        help="admin password (default: $SPARSEFIT_ADMIN_PASSWORD, else a generated one)")
+    parser.add_argument("--models-dir", default="models", help="where fine-tuned runs are (models/runs/…)")
+    parser.add_argument("--quickstart-predictions", default="models/quickstart/predictions.jsonl",
+                        help="predictions file the demo study is built from")
+    parser.add_argument("--base-url", default="", help="public URL used in annotator links (default: this server)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from annotation import admin
+    from annotation.errors import AnnotationError
+    from annotation.store import Store
+    from annotation.ui import build_app, launch_options
+
+    password = args.admin_password or os.environ.get("SPARSEFIT_ADMIN_PASSWORD") or ""
+    if not password:
+        password = admin.new_password()
+        print(f"Admin password (generated for this run): {password}", flush=True)
+    store = Store(args.db)
+    try:
+        study_id = admin.ensure_quickstart_study(store, args.quickstart_predictions)
+    except AnnotationError as err:
+        study_id = None
+        print(f"Quickstart study not created: {err}", flush=True)
+    if study_id is None:
+        print(f"No quickstart predictions at {args.quickstart_predictions}: build them in the Admin tab.", flush=True)
+    demo = build_app(args.db, password, models_dir=args.models_dir,
+                     quickstart_predictions=args.quickstart_predictions, base_url=args.base_url)
+    demo.queue(default_concurrency_limit=8)
+    _, local_url, _ = demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True,
+                                  quiet=True, **launch_options())
+    base = args.base_url or local_url
+    if study_id:
+        links = [admin.annotator_link(base, a["token"]) for a in
+                 store.db["annotators"].rows_where("study_id = ? AND source = 'link'", [study_id], limit=1)]
+        if not links:
+            links = [admin.annotator_link(base, store.add_annotators(study_id, 1)[0].token)]
+        print(f"Study {study_id!r} is ready; an annotator link to try it: {links[0]}", flush=True)
+    print(f"SparseFit app running on {local_url} (database {args.db}); started in "
+          f"{time.perf_counter() - STARTED:.1f}s; torch imported: {'torch' in sys.modules}", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        demo.close()
+
+
+if __name__ == "__main__":
+    main()
