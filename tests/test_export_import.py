@@ -1,0 +1,212 @@
+"""Exports read back and compared with the database; CSV imports validated row by row, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from annotation.analysis import analyze
+from annotation.errors import AnnotationError
+from annotation.export import export_study, read_parquet_protocol, sidecar_path
+from annotation.importer import RatingsImportError, import_ratings
+from test_analysis import PROTOCOL, SCORE, StudyBuilder, random_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def db_ratings(builder: StudyBuilder) -> dict[tuple[str, str, str], dict]:
+    rows = builder.db.execute("SELECT item_id, annotator_id, question, rating, score, shortcomings_json, comment "
+                              "FROM ratings").fetchall()
+    return {(r[0], r[1], r[2]): {"rating": r[3], "score": r[4], "shortcomings": r[5], "comment": r[6]}
+            for r in rows}
+
+
+def study_for_export(tmp_path: Path) -> StudyBuilder:
+    builder = random_study(tmp_path / "study.db", items_per_system=5)
+    item = next(iter(builder.items))
+    builder.assign(item, "late", gate_correct=0)
+    builder.rate(item, "late", "model", "weak_no", shortcomings=["restates_input", "insufficient"])
+    builder.db["ratings"].update(builder.db.execute("SELECT max(id) FROM ratings").fetchone()[0],
+                                 {"comment": 'says "hi", with a comma\nand a newline'})
+    return builder
+
+
+def read_back(path: Path, fmt: str) -> pd.DataFrame:
+    if fmt == "csv":
+        return pd.read_csv(path, keep_default_na=True)
+    if fmt == "jsonl":
+        return pd.read_json(path, lines=True)
+    return pd.read_parquet(path)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_export_round_trip_matches_the_database(tmp_path, fmt):
+    builder = study_for_export(tmp_path)
+    out = export_study(builder.db_path, "s1", fmt, tmp_path / f"out.{fmt}")
+    table = read_back(out, fmt)
+    expected = db_ratings(builder)
+    assert len(table) == len(expected)  # one row per item x annotator x question
+    for row in table.to_dict("records"):
+        key = (row["item_id"], row["annotator_id"], row["question"])
+        stored = expected[key]
+        record = builder.items[row["item_id"]]
+        assert row["rating"] == stored["rating"]
+        assert row["score"] == pytest.approx(SCORE[stored["rating"]])
+        assert row["binary"] == int(stored["rating"] in ("yes", "weak_yes"))
+        assert row["dataset"] == record["dataset"] and row["model"] == record["model"]
+        assert row["method"] == record["method"] and row["gold_label"] == record["gold_label"]
+        assert row["pred_label"] == record["pred_label"] and bool(row["correct"]) == record["correct"]
+        assert row["record_id"] == record["id"]
+        shown = record["pred_explanation"] if row["question"] == "model" else record["gold_explanations"][0]
+        assert row["explanation"] == shown
+        assert row["shown_position"] == (1 if row["question"] == "gold" else 2)
+        for metric, value in record["metrics"].items():
+            if value is None:
+                assert pd.isna(row[f"metric_{metric}"])
+            else:
+                assert row[f"metric_{metric}"] == pytest.approx(value)
+        if stored["shortcomings"]:
+            assert row["shortcomings"] == ";".join(json.loads(stored["shortcomings"]))
+            assert row["comment"] == stored["comment"]
+            assert row["qc_exclusion"] == "gate_wrong"
+        else:
+            assert pd.isna(row["qc_exclusion"])
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["protocol"] == PROTOCOL and meta["study"]["id"] == "s1"
+    assert meta["columns"] == list(table.columns)
+    if fmt == "parquet":
+        assert read_parquet_protocol(out)["protocol"] == PROTOCOL
+    tokens = [r[0] for r in builder.db.execute("SELECT token FROM annotators")]
+    assert tokens and not any(token in out.read_bytes().decode("latin-1") for token in tokens)
+    assert "token" not in table.columns
+
+
+def test_export_rejects_unknown_format_and_study(tmp_path):
+    builder = StudyBuilder(tmp_path / "s.db")
+    builder.add_item("a")
+    with pytest.raises(AnnotationError, match="unknown export format 'xlsx'"):
+        export_study(builder.db_path, "s1", "xlsx", tmp_path / "out.xlsx")
+    with pytest.raises(AnnotationError, match="no study 'zz'"):
+        export_study(builder.db_path, "zz", "csv", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def small_study(tmp_path: Path) -> StudyBuilder:
+    builder = StudyBuilder(tmp_path / "import.db")
+    for i in range(3):
+        builder.add_item(f"rec{i}", metrics={"bertscore_f1": 60.0 + i})
+    builder.rate_item("s1-rec0", "app-user", "yes", "yes")
+    return builder
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def counts(builder: StudyBuilder) -> tuple[int, int, int]:
+    return tuple(builder.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                 for t in ("ratings", "annotators", "assignments"))
+
+
+def test_import_accepts_values_labels_scores_and_record_ids(tmp_path):
+    builder = small_study(tmp_path)
+    csv_path = write_csv(tmp_path / "prolific.csv",
+                         "Item ID,WorkerId,Question,Rating,Shortcomings,Comment,Seconds\n"
+                         "s1-rec0,W1,model,Weak Yes,Restates the input; insufficient,ok,12.5\n"
+                         "rec0,W1,gold,YES,,,3\n"           # record id instead of item id
+                         "rec1,W2,,0.667,none,,\n"          # default question, numeric score
+                         "s1-rec2,W2,Model,no,,\"long, quoted\",\n")
+    summary = import_ratings(builder.db_path, "s1", csv_path)
+    assert (summary.ratings_inserted, summary.annotators_created, summary.assignments_created) == (4, 2, 3)
+    assert summary.origin == "import:prolific.csv"
+    rows = builder.db.execute("SELECT item_id, annotator_id, question, rating, score, shortcomings_json, comment, "
+                              "seconds_spent, origin FROM ratings WHERE origin LIKE 'import:%' ORDER BY id").fetchall()
+    assert [r[:5] for r in rows] == [
+        ("s1-rec0", "import:s1:W1", "model", "weak_yes", pytest.approx(2 / 3)),
+        ("s1-rec0", "import:s1:W1", "gold", "yes", 1.0),
+        ("s1-rec1", "import:s1:W2", "model", "weak_yes", pytest.approx(2 / 3)),
+        ("s1-rec2", "import:s1:W2", "model", "no", 0.0)]
+    assert json.loads(rows[0][5]) == ["restates_input", "insufficient"] and rows[0][6] == "ok"
+    assert rows[3][6] == "long, quoted" and rows[0][7] == 12.5
+    assert {r[8] for r in rows} == {"import:prolific.csv"}
+    sources = dict(builder.db.execute("SELECT id, source FROM annotators").fetchall())
+    assert sources["import:s1:W1"] == "import" and sources["ann-app-user"] == "link"
+    seconds = builder.db.execute("SELECT seconds_spent FROM assignments WHERE annotator_id='import:s1:W1'").fetchone()
+    assert seconds[0] == pytest.approx(15.5)  # both rows of W1 on rec0
+    report = analyze(builder.db_path, "s1")
+    assert report["qc"]["ratings_total"] == 2 + 4 and report["qc"]["annotators_total"] == 3
+
+
+def test_bad_rows_list_every_problem_and_import_nothing(tmp_path):
+    builder = small_study(tmp_path)
+    before = counts(builder)
+    csv_path = write_csv(tmp_path / "mturk.csv",
+                         "item_id,annotator,question,rating,shortcomings,seconds\n"
+                         "s1-rec1,W1,model,yes,,\n"              # line 2 fine
+                         "nope,W1,model,yes,,\n"                 # line 3 unknown item
+                         "s1-rec1,,model,yes,,\n"                # line 4 no annotator
+                         "s1-rec1,W2,both,maybe,,\n"             # line 5 question and rating
+                         "s1-rec1,W3,model,yes,bad idea,-4\n"    # line 6 shortcoming and seconds
+                         "s1-rec1,W1,model,no,,\n"               # line 7 duplicate of line 2
+                         "s1-rec2,W4,model,0.5,,\n")             # line 8 score not on the scale
+    with pytest.raises(RatingsImportError) as caught:
+        import_ratings(builder.db_path, "s1", csv_path)
+    problems = {(p.line, p.field) for p in caught.value.problems}
+    assert problems == {(3, "item"), (4, "annotator"), (5, "question"), (5, "rating"), (6, "shortcomings"),
+                        (6, "seconds"), (7, "annotator"), (8, "rating")}
+    message = str(caught.value)
+    assert "mturk.csv" in message and "nothing was imported" in message
+    assert "line 3, field 'item': 'nope' is neither an item id nor a record id" in message
+    assert "line 7, field 'annotator': duplicate of line 2" in message
+    assert counts(builder) == before
+
+
+def test_importing_the_same_file_twice_is_refused(tmp_path):
+    builder = small_study(tmp_path)
+    csv_path = write_csv(tmp_path / "once.csv", "item,annotator,rating\ns1-rec1,W1,yes\ns1-rec2,W1,no\n")
+    import_ratings(builder.db_path, "s1", csv_path)
+    after_first = counts(builder)
+    with pytest.raises(RatingsImportError, match="already rated this item"):
+        import_ratings(builder.db_path, "s1", csv_path)
+    assert counts(builder) == after_first
+
+
+def test_import_file_level_errors(tmp_path):
+    builder = small_study(tmp_path)
+    with pytest.raises(AnnotationError, match="missing column.*rating"):
+        import_ratings(builder.db_path, "s1", write_csv(tmp_path / "a.csv", "item,annotator\ns1-rec1,W1\n"))
+    with pytest.raises(AnnotationError, match="no rows"):
+        import_ratings(builder.db_path, "s1", write_csv(tmp_path / "b.csv", "item,annotator,rating\n"))
+    with pytest.raises(AnnotationError, match="no study 'other'"):
+        import_ratings(builder.db_path, "other", write_csv(tmp_path / "c.csv", "item,annotator,rating\nx,y,yes\n"))
+    with pytest.raises(AnnotationError, match="not found"):
+        import_ratings(builder.db_path, "s1", tmp_path / "missing.csv")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "annotation.analysis_cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_import_and_export(tmp_path):
+    builder = small_study(tmp_path)
+    bad = write_csv(tmp_path / "bad.csv", "item,annotator,rating\ns1-rec1,W1,yes\ns1-rec2,W1,perhaps\n")
+    done = _run_cli("import-ratings", "--db", str(builder.db_path), "--study", "s1", "--file", str(bad))
+    assert done.returncode == 2 and "line 3, field 'rating'" in done.stderr and "Traceback" not in done.stderr
+    good = write_csv(tmp_path / "good.csv", "item,annotator,rating\ns1-rec1,W1,yes\ns1-rec2,W1,weak no\n")
+    done = _run_cli("import-ratings", "--db", str(builder.db_path), "--study", "s1", "--file", str(good))
+    assert done.returncode == 0 and "imported 2 ratings" in done.stdout
+    out = tmp_path / "export" / "ratings.jsonl"
+    done = _run_cli("export", "--db", str(builder.db_path), "--study", "s1", "--format", "jsonl", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    table = pd.read_json(out, lines=True)
+    assert len(table) == 4 and set(table["origin"]) == {"app", "import:good.csv"}
+    assert set(table.loc[table["origin"] == "import:good.csv", "annotator_source"]) == {"import"}
