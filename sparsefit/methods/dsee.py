@@ -43,7 +43,7 @@ def randomized_low_rank(matrix: torch.Tensor, rank: int, generator: torch.Genera
                         oversample: int = 8, power_iters: int = 2) -> torch.Tensor:
     """Best rank-`rank` approximation via a seeded randomized range finder (deterministic for a seed)."""
     sketch = torch.randn(matrix.shape[1], min(rank + oversample, min(matrix.shape)), generator=generator,
-                         dtype=matrix.dtype)
+                         dtype=matrix.dtype).to(matrix.device)  # drawn on CPU: the same sketch on any device
     basis = matrix @ sketch
     for _ in range(power_iters):
         basis, _ = torch.linalg.qr(basis)
@@ -55,17 +55,18 @@ def randomized_low_rank(matrix: torch.Tensor, rank: int, generator: torch.Genera
 
 def godec_support(weight: torch.Tensor, rank: int, cardinality: int, iterations: int = 3,
                   seed: int = 0) -> torch.Tensor:
-    """Flat indices (sorted) of the sparse part's support in W ~ L (rank r) + S (card k), GoDec-style."""
-    matrix = weight.detach().float().cpu()
+    """Flat indices (sorted, on CPU) of the sparse part's support in W ~ L (rank r) + S (card k), GoDec-style.
+    Runs on W's device (fast on a GPU); the random sketches come from a seeded CPU generator."""
+    matrix = weight.detach().float()
     generator = torch.Generator().manual_seed(seed)
-    sparse_index = torch.empty(0, dtype=torch.long)
+    sparse_index = torch.empty(0, dtype=torch.long, device=matrix.device)
     for _ in range(iterations):
         sparse = torch.zeros_like(matrix).flatten()
         sparse[sparse_index] = matrix.flatten()[sparse_index]
         low_rank = randomized_low_rank(matrix - sparse.view_as(matrix), rank, generator)
         residual = (matrix - low_rank).flatten().abs()
         sparse_index = torch.topk(residual, cardinality, sorted=False).indices
-    return torch.sort(sparse_index).values
+    return torch.sort(sparse_index).values.cpu()
 
 
 class DSEELinear(LinearWrapper):
