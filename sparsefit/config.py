@@ -78,11 +78,17 @@ class RunConfig:
         return cls(**data, train=TrainConfig(**train))
 
 
+# names other tools use for our settings, so the error can point at the right one
+_SYNONYMS = {"learning_rate": "lr", "max_steps": "steps", "num_steps": "steps", "train_steps": "steps",
+             "per_device_train_batch_size": "batch_size", "batch": "batch_size", "model_name": "model",
+             "model_name_or_path": "model", "path": "data_path", "data_dir": "data_path"}
+
+
 def _reject_unknown(data: dict[str, Any], cls: type, source: str, prefix: str = "") -> None:
     known = [f.name for f in fields(cls)]
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = [_SYNONYMS[key]] if _SYNONYMS.get(key) in known else difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known: {', '.join(known)}"
             raise SparseFitError(f"unknown setting{hint}", path=source, field=prefix + key)
 

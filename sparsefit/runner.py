@@ -62,7 +62,8 @@ def icl_demonstrations(train: Sequence, shots: int, seed: int) -> list:
 def icl_prefix(backbone: Backbone, demonstrations: Sequence) -> str:
     from sparsefit.prompts import causal_prompt, causal_target, format_input, format_target
     if backbone.is_seq2seq:
-        return " ".join(f"{format_input(d)} {format_target(d)}" for d in demonstrations) + " "
+        # a literal "</s>" (UnifiedQA formats) inside the prompt would read as end-of-sequence to T5
+        return " ".join(f"{format_input(d).removesuffix('</s>')} {format_target(d)}" for d in demonstrations) + " "
     return "".join(causal_prompt(format_input(d)) + causal_target(format_target(d)) + "\n\n"
                    for d in demonstrations)
 
@@ -113,11 +114,13 @@ def build_records(examples, prompts, generations: Generations, scores, config: R
 
 
 def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | None = None,
-                progress: bool = True) -> dict[str, Any]:
-    """Run one episode and write its files. A given `backbone` is not modified (the model is copied)."""
+                progress: bool = True, evaluate: bool = True) -> dict[str, Any]:
+    """Run one episode and write its files. A given `backbone` is not modified (the model is copied).
+
+    `evaluate=False` stops after training and saving (the `train` command).
+    """
     from sparsefit.data import data_hash
     from sparsefit.episodes import sample_episode
-    from sparsefit.prompts import format_input, format_target
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / "config.json")
@@ -138,11 +141,9 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
     train_result = None
     prefix = ""
     if in_context:
-        prefix = icl_prefix(backbone, icl_demonstrations(episode.train, config.icl_shots, config.seed))
+        prefix = icl_prefix(backbone, icl_demonstrations(episode.shots or episode.train, config.icl_shots, config.seed))
     else:
         train_result = method_train(backbone, method, model, episode.train, train_config, progress)
-    prompts, generations = predict_examples(backbone, model, episode.eval, config, prefix, progress)
-    scores, summary = score(episode.eval, generations, config)
     manifest = {
         "base_model": config.model, "base_fingerprint": backbone.fingerprint,
         "model_type": backbone.arch.model_type, "kind": backbone.arch.kind, "method_options": config.method_options,
@@ -154,8 +155,13 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
         (out / "manifest.json").write_text(json.dumps({**manifest, "method": config.method}, indent=2) + "\n")
     else:
         save_delta(out, method, model, manifest)
-    records = build_records(episode.eval, prompts, generations, scores, config, trainable_percent)
-    write_predictions(out / "predictions.jsonl", records)
+    summary: dict[str, Any] = {}
+    generations = None
+    if evaluate:
+        prompts, generations = predict_examples(backbone, model, episode.eval, config, prefix, progress)
+        scores, summary = score(episode.eval, generations, config)
+        records = build_records(episode.eval, prompts, generations, scores, config, trainable_percent)
+        write_predictions(out / "predictions.jsonl", records)
     results = {
         "name": config.name or out.name, "dataset": config.dataset, "model": config.model,
         "method": config.method, "method_options": config.method_options, "seed": config.seed,
@@ -166,8 +172,8 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
         "peak_memory_mb": train_result.peak_memory_mb if train_result else None,
         "first_loss": train_result.losses[0] if train_result else None,
         "last_loss": (sum(train_result.losses[-10:]) / len(train_result.losses[-10:])) if train_result else None,
-        "generation_seconds": generations.seconds, "broken_generations": sum(
-            1 for e in generations.explanations if e == "UNK"),
+        "generation_seconds": generations.seconds if generations else None,
+        "broken_generations": sum(1 for e in generations.explanations if e == "UNK") if generations else None,
         "train_config": vars(train_config), "report": method.report(model),
     }
     tmp = out / "results.json.tmp"
@@ -182,3 +188,44 @@ def method_train(backbone, method, model, train_examples, train_config, progress
     inputs = [format_input(e) for e in train_examples]
     targets = [format_target(e) for e in train_examples]
     return train(backbone, method, model, inputs, targets, train_config, progress=progress)
+
+
+def predict_to_file(run: str, dataset: str, data_path: str | None, split: str, out_path: str | Path, *,
+                    n: int | None = None, seed: int | None = None, score_outputs: bool = True) -> Path:
+    """Predict a dataset split with a saved run (or a base model id) and write a predictions file."""
+    from sparsefit.checkpoint import MANIFEST_FILE, load_delta
+    from sparsefit.data import load_examples
+    from sparsefit.methods.base import count_parameters
+    examples = load_examples(dataset, data_path, split)[: n or None]
+    if (Path(run) / MANIFEST_FILE).exists():
+        backbone, model, method, manifest = load_delta(run)
+        config = RunConfig(dataset=dataset, model=manifest["base_model"], method=manifest["method"],
+                           seed=manifest.get("seed") if seed is None else seed)
+        percent = manifest.get("trainable_percent")
+    else:
+        backbone = load_backbone(run)
+        model, percent = backbone.model, 0.0
+        config = RunConfig(dataset=dataset, model=run, method="none", seed=seed)
+    prompts, generations = predict_examples(backbone, model, examples, config)
+    scores = score(examples, generations, config)[0] if score_outputs else None
+    return write_predictions(out_path, build_records(examples, prompts, generations, scores, config, percent))
+
+
+def evaluate_file(predictions: str | Path, out_path: str | Path | None = None, *,
+                  scorer_model: str | None = None, scorer_layers: int | None = None) -> dict[str, Any]:
+    """Score any predictions file (from any model): fills per-item metrics and returns the summary."""
+    from dataclasses import replace
+    from sparsefit.metrics import ScorerConfig, score_explanations, summarize
+    from sparsefit.predictions import read_predictions
+    records = read_predictions(predictions)
+    config = ScorerConfig()
+    if scorer_model:
+        config = replace(config, bertscore_model=scorer_model, bertscore_layers=scorer_layers)
+    scores = score_explanations([r.pred_explanation for r in records], [r.gold_explanations for r in records],
+                                config)
+    for i, record in enumerate(records):
+        record.metrics = {**record.metrics, **per_item_metrics(scores, i)}
+        record.scorer = dict(scores.scorers)
+    out = Path(out_path) if out_path else Path(predictions).with_suffix(".scored.jsonl")
+    write_predictions(out, records)
+    return {**summarize([r.correct for r in records], scores), "written": str(out)}

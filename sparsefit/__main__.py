@@ -1,0 +1,5 @@
+import sys
+
+from sparsefit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""Single-example prediction for the demo, and the embedded default run (quickstart).
+
+The annotation app imports this module lazily (inside functions) so it starts without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sparsefit.errors import SparseFitError
+
+Progress = Callable[[float, str], None]
+
+INPUT_FIELDS = {
+    "esnli": ["premise", "hypothesis"], "sample-nli": ["premise", "hypothesis"], "comve": ["sent0", "sent1"],
+    "sbic": ["post"], "ecqa": ["question", "A", "B", "C", "D", "E"],
+}
+QUICKSTART_RUN = "quickstart"
+
+
+def quickstart_dir() -> Path:
+    from sparsefit.backbones import models_dir
+    return models_dir() / QUICKSTART_RUN
+
+
+def quickstart_predictions_path() -> Path:
+    return quickstart_dir() / "predictions.jsonl"
+
+
+def quickstart_config():
+    """The embedded default: Gemma-3-270M, the bundled sample NLI task, SparseFit's decoder-only preset.
+
+    Few steps so it runs in about two minutes on 2 CPU cores; the science check uses the full settings.
+    """
+    from sparsefit.config import RunConfig, TrainConfig
+    return RunConfig(dataset="sample-nli", data_path=None, train_split="train", eval_split="train",
+                     model="default", method="sparsefit", method_options={"preset": "paper"}, seed=7004,
+                     n_train=48, n_eval=None, train=TrainConfig(lr=1e-3, steps=40, batch_size=4),
+                     max_new_tokens=40, name="quickstart")
+
+
+def build_quickstart(progress: Progress | None = None, out_dir: str | Path | None = None) -> Path:
+    """Run the embedded default end to end (train → predict → score); returns the predictions file."""
+    from sparsefit.backbones import load_backbone
+    from sparsefit.runner import run_episode
+    out = Path(out_dir) if out_dir else quickstart_dir()
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "Loading the default model (the first time converts it, about a minute)")
+    backbone = load_backbone("default", progress=lambda f, m: report(0.3 * f, m))
+    report(0.3, "Fine-tuning on the sample task and generating explanations (about two minutes)")
+    run_episode(quickstart_config(), out, backbone=backbone)
+    report(1.0, "Quickstart predictions written")
+    return out / "predictions.jsonl"
+
+
+def list_checkpoints(models_dir: str | Path | None = None) -> list[str]:
+    """Run folders (with a manifest and a delta) under models/, newest first."""
+    from sparsefit.backbones import models_dir as default_dir
+    root = Path(models_dir) if models_dir else default_dir()
+    runs = [p.parent for p in root.glob("**/delta.safetensors") if (p.parent / "manifest.json").exists()]
+    return [str(p) for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+@dataclass
+class Predictor:
+    """A loaded model (base or fine-tuned and merged) that labels and explains one input at a time."""
+
+    backbone: Any
+    model: Any
+    name: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+    max_new_tokens: int = 48
+
+    @classmethod
+    def load(cls, model: str = "default", progress: Progress | None = None) -> "Predictor":
+        """`model`: "default", "tiny-t5", "tiny-causal", a hub id / model folder, "quickstart", or a run folder."""
+        from sparsefit.backbones import load_backbone
+        from sparsefit.checkpoint import MANIFEST_FILE, load_delta
+        run_dir = quickstart_dir() if model == QUICKSTART_RUN else Path(model)
+        if (run_dir / MANIFEST_FILE).exists():
+            backbone, trained, method, manifest = load_delta(run_dir, progress=progress)
+            return cls(backbone, method.merge(trained), str(run_dir), manifest)
+        if model == QUICKSTART_RUN:
+            raise SparseFitError("no quickstart run yet: run `python -m sparsefit quickstart` first")
+        backbone = load_backbone(model, progress=progress)
+        return cls(backbone, backbone.model, model)
+
+    @staticmethod
+    def input_fields(dataset: str) -> list[str]:
+        return list(INPUT_FIELDS.get(dataset, ["input"]))
+
+    def predict(self, dataset: str, inputs: dict[str, str]) -> dict[str, str]:
+        from sparsefit.data import Example
+        from sparsefit.generate import generate
+        from sparsefit.prompts import format_input, parse_generation
+        missing = [f for f in self.input_fields(dataset) if not str(inputs.get(f, "")).strip()] \
+            if dataset in INPUT_FIELDS else []
+        if missing:
+            raise SparseFitError(f"please fill in: {', '.join(missing)}", field=missing[0])
+        example = Example(id="demo", dataset=dataset, split="demo", inputs={k: str(v) for k, v in inputs.items()},
+                          label="", explanations=("",))
+        prompt = format_input(example)
+        raw = generate(self.backbone, self.model, [prompt], batch_size=1, max_new_tokens=self.max_new_tokens,
+                       progress=False)[0]
+        label, explanation = parse_generation(raw, dataset)
+        return {"label": label, "explanation": explanation, "raw_generation": raw, "prompt": prompt}

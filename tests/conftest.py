@@ -1,0 +1,21 @@
+"""Shared test setup: artifacts go to a temporary models folder, never into the repository's models/."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Set before any sparsefit import, so every test (and subprocess) writes tiny models to one temp folder.
+_MODELS = Path(os.environ.setdefault("SPARSEFIT_TEST_MODELS_DIR", "/tmp/sparsefit-test-models"))
+os.environ["SPARSEFIT_MODELS_DIR"] = str(_MODELS)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared dev data not found at {SHARED_DATA}")
+    return SHARED_DATA
