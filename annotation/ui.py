@@ -34,7 +34,7 @@ CSS = """
 .sf-field {border-left: 4px solid var(--color-accent); padding: .35rem .8rem; background: var(--block-background-fill);}
 .sf-name {font-size: .8rem; text-transform: uppercase; letter-spacing: .04em; opacity: .7;}
 .sf-text {font-size: 1.1rem; white-space: pre-wrap;}
-.sf-expl {font-size: 1.1rem; white-space: pre-wrap; padding: .5rem .8rem; border: 1px solid var(--border-color-primary); border-radius: 6px; min-height: 3rem;}
+.sf-expl {font-size: 1.1rem; white-space: pre-wrap; padding: .5rem .8rem; border: 1px solid var(--border-color-primary); border-radius: 6px; min-height: 5.5rem;}
 .sf-slot {font-weight: 600; margin-bottom: .3rem;}
 .sf-answer {font-size: 1.05rem; margin: .3rem 0;}
 .sf-progress {font-weight: 600; text-align: right;}
@@ -132,15 +132,16 @@ def build_app(db_path: str | Path, admin_password: str, *, models_dir: str | Pat
     gate = admin.AdminGate(admin_password)
     with gr.Blocks(title="SparseFit: explanations") as demo:
         with gr.Tabs(selected="demo") as tabs:
-            with gr.Tab("Demo", id="demo") as demo_tab:
+            with gr.Tab("Demo", id="demo"):
                 _demo_tab(Path(models_dir))
             with gr.Tab("Annotate", id="annotate"):
                 annotate = _annotate_tab(flow)
-            with gr.Tab("Admin", id="admin") as admin_tab:
+            with gr.Tab("Admin", id="admin"):
                 password_box = _admin_tab(store, gate, Path(quickstart_predictions), base_url)
-            with gr.Tab("Results", id="results") as results_tab:
+            with gr.Tab("Results", id="results"):
                 _results_tab(str(db_path), gate, password_box)
-        demo.load(_read_link, None, [*annotate.link, tabs, demo_tab, admin_tab, results_tab], **PRIVATE) \
+        annotator_style = gr.HTML("", padding=False)
+        demo.load(_read_link, None, [*annotate.link, tabs, annotator_style], **PRIVATE) \
             .then(annotate.start, annotate.link, annotate.view, **PRIVATE) \
             .then(annotate.render, [annotate.view, annotate.assignment], annotate.screen, **PRIVATE)
     return demo
@@ -154,8 +155,9 @@ def _read_link(request: gr.Request):
     query = dict(request.query_params) if request else {}
     values = [query.get(k, "") for k in ("token", "study", "PROLIFIC_PID", "STUDY_ID", "SESSION_ID")]
     is_annotator = bool(values[0] or values[2])
-    hide = gr.Tab(visible=not is_annotator)
-    return (*values, gr.Tabs(selected="annotate" if is_annotator else "demo"), hide, hide, hide)
+    # Gradio 6 ignores visibility updates of tabs, so annotators get a style rule hiding the tab bar
+    style = "<style>.tab-wrapper {display: none !important;}</style>" if is_annotator else ""
+    return (*values, gr.Tabs(selected="annotate" if is_annotator else "demo"), style)
 
 
 def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":

@@ -1,0 +1,120 @@
+"""Browser test in Debian chromium: complete an item with the keyboard only; user text renders as text."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from annotation.sample_data import simulated_esnli_predictions
+from annotation.store import Store, StudySettings
+from sparsefit.predictions import write_predictions
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+PAYLOAD = "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\"> ${window.__xss = 3}"
+pytestmark = [
+    pytest.mark.skipif(not (DATA / "esnli").exists(), reason=f"shared dev data not found at {DATA}"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from annotation.ui import build_app, launch_options
+
+    folder = tmp_path_factory.mktemp("browser")
+    records = simulated_esnli_predictions(DATA, count=30, accuracy=1.0, seed=4)
+    clean = write_predictions(folder / "clean.jsonl", records)
+    for record in records:
+        record.inputs = {"premise": PAYLOAD + " " + record.inputs["premise"], "hypothesis": PAYLOAD}
+        record.pred_explanation = PAYLOAD
+    hostile = write_predictions(folder / "hostile.jsonl", records)
+    store = Store(folder / "studies.db")
+    studies = {"clean": store.create_study(clean, StudySettings(per_label=1, items_per_page=2, name="clean")),
+               "hostile": store.create_study(hostile, StudySettings(per_label=1, name="hostile"))}
+    demo = build_app(folder / "studies.db", "pw", models_dir=folder, quickstart_predictions=folder / "none.jsonl")
+    port = free_port()
+    demo.queue()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    yield {"url": f"http://127.0.0.1:{port}/", "store": store, "studies": studies}
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield instance
+        instance.close()
+
+
+def current_gold(store: Store, annotator_id: str) -> tuple[str, list[str]]:
+    row = store.db.execute("SELECT i.gold_label, s.protocol_json FROM assignments a JOIN items i ON i.id = a.item_id "
+                           "JOIN studies s ON s.id = a.study_id WHERE a.annotator_id = ? AND a.status = 'assigned'",
+                           [annotator_id]).fetchone()
+    options = json.loads(row[1])["resolved"]["gate_questions"]["esnli"]["options"]
+    return row[0], options
+
+
+def test_complete_an_item_with_the_keyboard(served, browser):
+    store: Store = served["store"]
+    annotator = store.add_annotators(served["studies"]["clean"], 1)[0]
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(f"{served['url']}?token={annotator.token}")
+    page.wait_for_selector("#sf-gate input[type=radio]", timeout=30000)
+    assert page.locator("#sf-progress").inner_text().strip() == "Item 1 of 2"
+    assert not page.get_by_role("tab", name="Admin").is_visible()  # annotators see only their tab
+
+    gold, options = current_gold(store, annotator.id)
+    page.keyboard.press(str(options.index(gold) + 1))
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#sf-rating-a input[type=radio]", state="visible", timeout=20000)
+    assert gold in page.locator("#sf-answer").inner_text()
+    page.wait_for_timeout(800)  # let the "pending" fade of the last event finish before the screenshot
+    Path(ROOT / "docs").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / "docs" / "annotate.png"), full_page=True)
+
+    page.keyboard.press("1")  # Explanation A: Yes
+    page.keyboard.press("3")  # then Explanation B: Weak no
+    assert page.locator("#sf-rating-a input[type=radio]").nth(0).is_checked()
+    assert page.locator("#sf-rating-b input[type=radio]").nth(2).is_checked()
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#sf-progress').innerText.trim() === 'Item 2 of 2'",
+                           timeout=20000)
+    rows = list(store.db.query("SELECT shown_position, rating, seconds_spent FROM ratings WHERE annotator_id = ? "
+                               "ORDER BY shown_position", [annotator.id]))
+    assert [(r["shown_position"], r["rating"]) for r in rows] == [(1, "yes"), (2, "weak_no")]
+    assert all(r["seconds_spent"] > 0 for r in rows)
+    page.wait_for_selector("#sf-gate input[type=radio]", state="visible")  # the next item starts at its gate
+    page.close()
+
+
+def test_texts_from_predictions_render_as_text(served, browser):
+    store: Store = served["store"]
+    annotator = store.add_annotators(served["studies"]["hostile"], 1)[0]
+    page = browser.new_page()
+    page.goto(f"{served['url']}?token={annotator.token}")
+    page.wait_for_selector("#sf-gate input[type=radio]", timeout=30000)
+    assert "<script>window.__xss = 1</script>" in page.locator("#sf-inputs").inner_text()
+    gold, options = current_gold(store, annotator.id)
+    page.keyboard.press(str(options.index(gold) + 1))
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#sf-rating-a input[type=radio]", state="visible", timeout=20000)
+    shown = page.locator("#sf-expl-a").inner_text() + page.locator("#sf-expl-b").inner_text()
+    assert "onerror=" in shown
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#sf-inputs img, #sf-expl-a img, #sf-expl-b img, #sf-inputs script").count() == 0
+    page.close()
