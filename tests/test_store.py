@@ -215,3 +215,19 @@ def test_bad_preset_names_field(tmp_path):
         load_preset(path)
     with pytest.raises(AnnotationError, match="unknown preset"):
         load_preset("nope")
+
+
+def test_preset_without_gate_rates_only_the_model_explanation(tmp_path, predictions):
+    preset = load_preset("feb")
+    preset.update(name="model-only", rate=["model"], gate={"enabled": False, "policy": "record"})
+    store = make_store(tmp_path)
+    study = store.create_study(predictions, StudySettings(preset=preset, per_label=1))
+    token = store.add_annotators(study, 1)[0].token
+    flow = AnnotatorFlow(store)
+    view = flow.start(token=token)
+    assert view["stage"] == "rate" and [e["slot"] for e in view["explanations"]] == ["A"]
+    record = json.loads(store.item(store.db["assignments"].get(view["assignment_id"])["item_id"])["record_json"])
+    assert view["explanations"][0]["text"] == record["pred_explanation"]
+    after = flow.submit(token, view["assignment_id"], "weak_no")
+    assert after["ok"] and after["progress"]["text"] == "Item 2 of 10"
+    assert [(r["question"], r["score"]) for r in store.db["ratings"].rows] == [("model", 1 / 3)]
