@@ -221,3 +221,44 @@ def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator,
         rows = min(rows_per_chunk, n_boot - start)
         out[start:start + rows] = values[rng.integers(0, n, size=(rows, n))].mean(axis=1)
     return out
+
+
+def bootstrap_spearman(x: np.ndarray, y: np.ndarray, idx: np.ndarray, chunk_elements: int = 2_000_000) -> np.ndarray:
+    """Spearman's rho on each resample (row of `idx`) without sorting each resample.
+
+    A resample only repeats original values, so an element's average rank inside it follows from how many
+    resampled values are smaller (a cumulative sum over the original sort order) plus half its tie group.
+    Rho is then a Pearson correlation weighted by how often each element was drawn. O(resamples x n).
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n_boot, n = idx.shape
+    rows_per_chunk = max(1, chunk_elements // max(n, 1))
+    out = np.empty(n_boot)
+    groups = [_tie_groups(x), _tie_groups(y)]
+    for start in range(0, n_boot, rows_per_chunk):
+        part = idx[start:start + rows_per_chunk]
+        rows = part.shape[0]
+        weights = np.bincount((part + np.arange(rows)[:, None] * n).ravel(), minlength=rows * n)
+        weights = weights.reshape(rows, n).astype(float)
+        rx, ry = (_resample_ranks(weights, *g) for g in groups)
+        mx = (weights * rx).sum(axis=1, keepdims=True) / n
+        my = (weights * ry).sum(axis=1, keepdims=True) / n
+        dx, dy = rx - mx, ry - my
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + rows] = (weights * dx * dy).sum(axis=1) / np.sqrt(
+                (weights * dx * dx).sum(axis=1) * (weights * dy * dy).sum(axis=1))
+    return out
+
+
+def _tie_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sort order, start of each tie group in that order, group index of each element)."""
+    _, inverse = np.unique(values, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+    return order, starts, inverse
+
+
+def _resample_ranks(weights: np.ndarray, order: np.ndarray, starts: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    group_weight = np.add.reduceat(weights[:, order], starts, axis=1)
+    below = np.cumsum(group_weight, axis=1) - group_weight
+    return (below + (group_weight + 1.0) / 2.0)[:, inverse]

@@ -88,21 +88,33 @@ def study_ids(db_path: str | Path) -> list[tuple[str, str]]:
                 conn.execute("SELECT id, name FROM studies ORDER BY created_at DESC, id")]
 
 
-def load_study(db_path: str | Path, study_id: str) -> StudyData:
+ITEM_FIELDS = ("record_id", "dataset", "gold_label", "pred_label", "correct", "model", "method")
+
+
+def load_study(db_path: str | Path, study_id: str, *, full: bool = False) -> StudyData:
+    """Read one study. `full` also loads the rating columns only exports need (comment, created_at)."""
+    extra = ", r.comment, r.created_at, r.shown_position, r.origin" if full else ""
     with connect_readonly(db_path) as conn:
         study = pd.read_sql_query("SELECT * FROM studies WHERE id = ?", conn, params=(study_id,))
         if study.empty:
             known = ", ".join(sid for sid, _ in study_ids(db_path)) or "none"
             raise AnnotationError(f"no study {study_id!r} in this database (studies: {known})",
                                   path=str(db_path), field="study")
-        items = pd.read_sql_query(
-            "SELECT id AS item_id, record_id, position, dataset, gold_label, pred_label, correct, model, "
-            "method, record_json FROM items WHERE study_id = ?", conn, params=(study_id,))
+        # the items' own columns win; the record fills what is empty (json_extract keeps parsing in C)
+        filled = ", ".join(f"COALESCE({c}, json_extract(record_json, '$.{'id' if c == 'record_id' else c}')) AS {c}"
+                           for c in ITEM_FIELDS)
+        try:
+            items = pd.read_sql_query(
+                f"SELECT id AS item_id, position, {filled}, json_extract(record_json, '$.pred_explanation') AS "
+                "pred_explanation, json_extract(record_json, '$.gold_explanations[0]') AS gold_explanation, "
+                "json_extract(record_json, '$.metrics') AS metrics_json FROM items WHERE study_id = ?",
+                conn, params=(study_id,))
+        except (sqlite3.OperationalError, pd.errors.DatabaseError) as err:
+            raise AnnotationError(f"an item's predictions record is not valid JSON ({err})", path=str(db_path),
+                                  field="items.record_json") from err
         ratings = pd.read_sql_query(
-            "SELECT r.id AS rating_id, r.item_id, r.annotator_id, r.question, r.shown_position, r.rating, "
-            "r.score AS stored_score, r.shortcomings_json, r.comment, r.seconds_spent AS rating_seconds, "
-            "r.created_at, r.origin, a.gate_answer, a.gate_correct, a.seconds_spent AS item_seconds, "
-            "a.order_json "
+            "SELECT r.item_id, r.annotator_id, r.question, r.rating, r.shortcomings_json, "
+            f"r.seconds_spent AS rating_seconds, a.gate_answer, a.gate_correct, a.seconds_spent AS item_seconds{extra} "
             "FROM ratings r LEFT JOIN assignments a "
             "ON a.item_id = r.item_id AND a.annotator_id = r.annotator_id AND a.study_id = r.study_id "
             "WHERE r.study_id = ?", conn, params=(study_id,))
@@ -124,17 +136,10 @@ def load_study(db_path: str | Path, study_id: str) -> StudyData:
 
 
 def _expand_items(items: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Fill system fields from the record where the columns are empty, and add metric_<name> columns."""
-    records = [json.loads(text) if isinstance(text, str) and text else {} for text in items["record_json"]]
-    for column in ("record_id", "dataset", "gold_label", "pred_label", "model", "method"):
-        from_record = [rec.get("id" if column == "record_id" else column) for rec in records]
-        items[column] = items[column].where(items[column].notna(), pd.Series(from_record, index=items.index))
-    correct_record = [rec.get("correct") for rec in records]
-    items["correct"] = [bool(c) if pd.notna(c) else (bool(r) if r is not None else None)
-                        for c, r in zip(items["correct"], correct_record)]
-    items["pred_explanation"] = [rec.get("pred_explanation") for rec in records]
-    items["gold_explanation"] = [(rec.get("gold_explanations") or [None])[0] for rec in records]
-    metrics = [rec.get("metrics") or {} for rec in records]
+    """Normalise item fields and add one metric_<name> column per numeric metric found in the records."""
+    items["correct"] = [None if pd.isna(c) else bool(c) for c in items["correct"]]
+    metrics = [json.loads(text) if isinstance(text, str) else {} for text in items["metrics_json"]]
+    metrics = [m if isinstance(m, dict) else {} for m in metrics]
     found = {key for m in metrics for key, value in m.items()
              if isinstance(value, (int, float)) and not isinstance(value, bool)}
     metric_names = [m for m in KNOWN_METRICS if m in found] + sorted(found - set(KNOWN_METRICS))
@@ -143,7 +148,7 @@ def _expand_items(items: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                                                 errors="coerce")
     for column in ("dataset", "model", "method", "gold_label"):
         items[column] = items[column].fillna("?").astype(str)
-    return items.drop(columns=["record_json"]), metric_names
+    return items.drop(columns=["metrics_json"]), metric_names
 
 
 # ---------------------------------------------------------------- protocol helpers
@@ -291,18 +296,22 @@ def shortcoming_frequencies(kept: pd.DataFrame, items: pd.DataFrame,
     answered = kept[kept["shortcomings_json"].notna()]
     if answered.empty:
         return []
-    lists = answered["shortcomings_json"].map(_parse_list)
-    exploded = answered.assign(shortcoming=lists).explode("shortcoming")
-    exploded = exploded.merge(items[["item_id", *SYSTEM_KEYS]], on="item_id", how="left")
-    answered_sys = answered.merge(items[["item_id", *SYSTEM_KEYS]], on="item_id", how="left")
-    denominators = answered_sys.groupby([*SYSTEM_KEYS, "question"]).size()
-    counts = exploded.dropna(subset=["shortcoming"]).groupby([*SYSTEM_KEYS, "question", "shortcoming"]).size()
+    answered = answered.merge(items[["item_id", *SYSTEM_KEYS]], on="item_id", how="left")
+    # few distinct answers (checklist combinations): count them, then parse each distinct one once
+    combos = answered.groupby([*SYSTEM_KEYS, "question", "shortcomings_json"]).size()
+    totals: dict[tuple, int] = {}
+    counts: dict[tuple, int] = {}
+    for (model, method, dataset, question, text), count in combos.items():
+        group = (model, method, dataset, question)
+        totals[group] = totals.get(group, 0) + int(count)
+        for value in dict.fromkeys(_parse_list(text)):
+            counts[(*group, value)] = counts.get((*group, value), 0) + int(count)
     rows = []
-    for (model, method, dataset, question, value), count in counts.items():
-        total = int(denominators[(model, method, dataset, question)])
+    for (model, method, dataset, question, value), count in sorted(counts.items()):
+        total = totals[(model, method, dataset, question)]
         rows.append({"model": model, "method": method, "dataset": dataset, "question": question,
-                     "shortcoming": value, "label": labels.get(value, value), "count": int(count),
-                     "ratings_answered": total, "share": int(count) / total})
+                     "shortcoming": value, "label": labels.get(value, value), "count": count,
+                     "ratings_answered": total, "share": count / total})
     return rows
 
 
@@ -364,12 +373,12 @@ def agreement_stats(ratings: pd.DataFrame, scale: Scale) -> dict[str, Any]:
 def correlation_section(scores: pd.DataFrame, metric_names: list[str], settings: QCSettings) -> dict[str, Any]:
     model_scores = scores[scores["question"] == "model"]
     rng = np.random.default_rng(settings.seed + 1)
-    item_level, system_level = [], []
+    item_level = []
     for metric in metric_names:
         paired = model_scores.dropna(subset=[f"metric_{metric}", "human_score"])
         human, auto = paired["human_score"].to_numpy(float), paired[f"metric_{metric}"].to_numpy(float)
         item_level.append({"metric": metric, **_item_correlations(human, auto, rng, settings)})
-        system_level.append({"metric": metric, **_system_correlations(paired, metric, rng, settings)})
+    system_level = _system_correlations(model_scores, metric_names, rng, settings)
     return {"human_question": "model", "item_level": item_level, "system_level": system_level,
             "note": "item level pools all rated items; system level needs >= 3 systems and bootstraps items "
                     "within each system"}
@@ -395,9 +404,10 @@ def _item_correlations(human: np.ndarray, auto: np.ndarray, rng: np.random.Gener
 def _bootstrap_correlation(human: np.ndarray, auto: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
     """The correlation on each resample (row of idx): vectorised where memory allows, else one by one."""
     n_boot, n = idx.shape
-    pair_cells = n * n if name == "kendall" else n
-    if pair_cells <= 200_000:
-        rows = max(1, 4_000_000 // pair_cells)
+    if name == "spearman":
+        return agr.bootstrap_spearman(human, auto, idx)
+    if n * n <= 200_000:
+        rows = max(1, 4_000_000 // (n * n))
         return np.concatenate([_rowwise_correlation(human[idx[i:i + rows]], auto[idx[i:i + rows]], name)
                                for i in range(0, n_boot, rows)])
     func = agr.CORRELATIONS[name]
@@ -408,31 +418,49 @@ def _bootstrap_correlation(human: np.ndarray, auto: np.ndarray, idx: np.ndarray,
     return samples
 
 
-def _system_correlations(paired: pd.DataFrame, metric: str, rng: np.random.Generator,
-                         settings: QCSettings) -> dict[str, Any]:
-    groups = [g for _, g in paired.groupby(list(SYSTEM_KEYS), sort=True)]
-    n = len(groups)
-    if n < 3:
-        stat = agr.Stat.undefined(f"needs at least 3 systems, got {n}", n=n)
-        return {"n_systems": n, **{name: stat.to_json() for name in agr.CORRELATIONS}}
-    human = np.array([g["human_score"].mean() for g in groups])
-    auto = np.array([g[f"metric_{metric}"].mean() for g in groups])
-    reason = agr.correlation_undefined_reason(human, auto)
-    if reason:
-        return {"n_systems": n, **{name: agr.Stat.undefined(reason, n=n).to_json() for name in agr.CORRELATIONS}}
-    # stratified bootstrap: resample items inside each system, recompute system means
-    boot_h = np.empty((settings.n_boot, n))
-    boot_a = np.empty((settings.n_boot, n))
+def _system_correlations(model_scores: pd.DataFrame, metric_names: list[str], rng: np.random.Generator,
+                         settings: QCSettings) -> list[dict[str, Any]]:
+    """Per metric: correlation of system means (human vs metric, over items having that metric).
+
+    CI: stratified bootstrap, resampling items inside each system (the same draws for every metric).
+    """
+    if not metric_names:
+        return []
+    groups = [g for _, g in model_scores.groupby(list(SYSTEM_KEYS), sort=True)]
+    k = len(metric_names)
+    point = np.full((len(groups), 2, k), np.nan)               # system x (human, metric) x metric
+    boot = np.full((settings.n_boot, len(groups), 2, k), np.nan)
     for j, g in enumerate(groups):
-        h, a = g["human_score"].to_numpy(float), g[f"metric_{metric}"].to_numpy(float)
-        idx = rng.integers(0, len(h), size=(settings.n_boot, len(h)))
-        boot_h[:, j], boot_a[:, j] = h[idx].mean(axis=1), a[idx].mean(axis=1)
-    out: dict[str, Any] = {"n_systems": n}
-    for name, func in agr.CORRELATIONS.items():
-        samples = _rowwise_correlation(boot_h, boot_a, name)
-        low, high = agr.percentile_ci(samples, settings.ci_level)
-        out[name] = agr.Stat(func(human, auto), ci_low=low, ci_high=high, n=n).to_json()
-    return out
+        metric_values = g[[f"metric_{m}" for m in metric_names]].to_numpy(float)
+        valid = np.isfinite(metric_values).astype(float)       # item x metric
+        human = g["human_score"].to_numpy(float)[:, None] * valid
+        columns = np.concatenate([human, np.nan_to_num(metric_values) * valid, valid], axis=1)
+        n = len(g)
+        idx = rng.integers(0, n, size=(settings.n_boot, n)) + np.arange(settings.n_boot)[:, None] * n
+        draws = np.bincount(idx.ravel(), minlength=settings.n_boot * n).reshape(settings.n_boot, n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sums = draws.astype(float) @ columns                # resample x (human | metric | count)
+            boot[:, j, 0, :] = sums[:, :k] / sums[:, 2 * k:]
+            boot[:, j, 1, :] = sums[:, k:2 * k] / sums[:, 2 * k:]
+            total = columns.sum(axis=0)
+            point[j, 0, :] = total[:k] / total[2 * k:]
+            point[j, 1, :] = total[k:2 * k] / total[2 * k:]
+    rows = []
+    for m, metric in enumerate(metric_names):
+        present = np.isfinite(point[:, 1, m])
+        n = int(present.sum())
+        row: dict[str, Any] = {"metric": metric, "n_systems": n}
+        human, auto = point[present, 0, m], point[present, 1, m]
+        reason = f"needs at least 3 systems, got {n}" if n < 3 else agr.correlation_undefined_reason(human, auto)
+        for name, func in agr.CORRELATIONS.items():
+            if reason:
+                row[name] = agr.Stat.undefined(reason, n=n).to_json()
+                continue
+            samples = _rowwise_correlation(boot[:, present, 0, m], boot[:, present, 1, m], name)
+            low, high = agr.percentile_ci(samples, settings.ci_level)
+            row[name] = agr.Stat(func(human, auto), ci_low=low, ci_high=high, n=n).to_json()
+        rows.append(row)
+    return rows
 
 
 def _rowwise_correlation(x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:

@@ -42,7 +42,7 @@ def sidecar_path(out_path: str | Path) -> Path:
 
 def tidy_table(db_path: str | Path, study_id: str, settings: QCSettings | None = None) -> tuple[pd.DataFrame, dict]:
     """The long table and the metadata (study, protocol) that goes with it."""
-    data = load_study(db_path, study_id)
+    data = load_study(db_path, study_id, full=True)
     scale = Scale.from_protocol(data.protocol)
     ratings, _ = apply_qc(data, scale, settings or QCSettings())
     with connect_readonly(db_path) as conn:

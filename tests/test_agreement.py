@@ -173,3 +173,15 @@ def test_bootstrap_means_are_seeded_and_centred():
     low, high = agr.percentile_ci(first)
     assert low < values.mean() < high
     assert agr.percentile_ci(np.array([np.nan, np.nan])) == (None, None)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_bootstrap_spearman_equals_spearman_of_each_resample(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    human = rng.integers(0, 4, size=n) / 3
+    auto = np.round(rng.normal(size=n), 1)  # ties in both
+    idx = rng.integers(0, n, size=(25, n))
+    fast = agr.bootstrap_spearman(human, auto, idx, chunk_elements=300)
+    slow = [scipy_stats.spearmanr(human[row], auto[row]).statistic for row in idx]
+    np.testing.assert_allclose(fast, slow, rtol=1e-9)
