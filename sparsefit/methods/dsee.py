@@ -186,13 +186,13 @@ class DSEE(SparseMethod):
 
     def _prune_unstructured(self, model: nn.Module) -> None:
         wrappers = [w for n, w in self._wrappers(model).items() if linear_role(n)[0] in self.prune_roles]
-        magnitudes = torch.cat([w.effective_weight().abs().flatten().float().cpu() for w in wrappers])
+        magnitudes = torch.cat([w.effective_weight().abs().flatten().float() for w in wrappers])
         n_prune = round(float(self.options["prune_sparsity"]) * magnitudes.numel())
         if n_prune == 0:
             return
         threshold = torch.kthvalue(magnitudes, n_prune).values
         for wrapper in wrappers:
-            wrapper.prune_mask = wrapper.effective_weight().abs() > threshold.to(wrapper.base.weight.device)
+            wrapper.prune_mask = wrapper.effective_weight().abs().float() > threshold.to(wrapper.base.weight.device)
 
     def _prune_heads(self, model: nn.Module) -> None:
         wrappers = self._wrappers(model)
