@@ -198,3 +198,30 @@ def test_poe_training_uses_frozen_bias_model_on_label_tokens(kind):
     assert torch.isfinite(poe) and not torch.isclose(poe, plain)
     train_steps(method, model, arch, 2)
     assert all(torch.equal(p, bias_before[n]) for n, p in bias.named_parameters())
+
+
+@pytest.mark.parametrize("model_id", ["tiny-t5", "tiny-causal"])
+def test_poe_mask_training_through_the_training_loop(model_id):
+    """The real training loop (tokenised batches, causal target-only logits) with a PoE bias model."""
+    from sparsefit.backbones import load_backbone
+    from sparsefit.config import TrainConfig
+    from sparsefit.train import train
+    backbone = load_backbone(model_id)
+    bias = copy.deepcopy(backbone.model)
+    method = get_method("mask", sparsity=0.4)
+    model = method.prepare(copy.deepcopy(backbone.model), backbone.arch)
+    separator = backbone.tokenizer(" because", add_special_tokens=False).input_ids
+    method.set_bias_model(bias, separator_ids=separator)
+    inputs = ["explain nli hypothesis: a man sleeps premise: a man is sleeping"] * 2
+    targets = ["entailment because a man sleeping is a man who sleeps"] * 2
+    config = TrainConfig(lr=0.01, steps=2, batch_size=2, threads=1)
+    from sparsefit.train import collate, encode_training_pairs
+    batch = collate(encode_training_pairs(backbone, inputs, targets, config), 0, backbone.is_seq2seq)
+    labels = batch["labels"] if backbone.is_seq2seq else batch["labels"][:, 1:]
+    positions = method.label_positions(labels)
+    target_tokens = labels != -100
+    assert 0 < int(positions[0].sum()) < int(target_tokens[0].sum())  # the label, not the explanation
+    result = train(backbone, method, model, inputs, targets, config, progress=False)
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    for w in wrappers(model).values():
+        assert int((~w.current_mask()).sum()) == round(0.4 * w.mask.numel())
