@@ -192,8 +192,8 @@ def export_run(run_dir: str | Path, pattern: str, out_dir: str | Path | None = N
     run_dir = Path(run_dir)
     parsed = parse_pattern(pattern)
     out = Path(out_dir) if out_dir else run_dir / f"nm-{str(parsed).replace(':', '-')}"
-    out.mkdir(parents=True, exist_ok=True)
     backbone, model, method, manifest = load_delta(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
     model = method.merge(model)
     model.eval()
     report: dict[str, Any] = {"run": str(run_dir), "out": str(out), "method": manifest.get("method"),
