@@ -13,8 +13,8 @@ QC rules (applied in this order; each rating is counted under the first rule tha
   2. gate_wrong           the annotator answered the item's gate question wrongly (gate enabled, filter on,
                           and the protocol's optional gate.exclude_wrong is not false) - for both policies:
                           "block" should leave no ratings, "record" keeps rating but we drop them
-  3. too_fast             item x annotator took less than `min_seconds` (assignment time, else the sum of
-                          rating times; unknown time is kept)
+  3. too_fast             item x annotator took less than `min_seconds` (assignment time, else the largest
+                          rating time; unknown time is kept)
   4. low_gold_acceptance  all ratings of annotators whose share of gold explanations rated positive is below
                           `min_gold_acceptance` (computed on ratings that passed 1-3; no gold ratings: kept)
 """
@@ -194,9 +194,9 @@ def apply_qc(data: StudyData, scale: Scale, settings: QCSettings) -> tuple[pd.Da
         mark(ratings["gate_correct"].fillna(1).astype(float) == 0, "gate_wrong")
     if settings.min_seconds > 0:
         seconds = ratings["item_seconds"].astype(float)
-        grouped = ratings.groupby(["item_id", "annotator_id"])["rating_seconds"]
-        summed = grouped.transform("sum").where(grouped.transform("count") > 0)
-        seconds = seconds.fillna(summed.astype(float))
+        # no assignment time: the rating rows' time (the app stores the item's time on each of them)
+        seconds = seconds.fillna(ratings.groupby(["item_id", "annotator_id"])["rating_seconds"]
+                                 .transform("max").astype(float))
         mark(seconds < settings.min_seconds, "too_fast")
     acceptance = _gold_acceptance(ratings[exclusion.isna()])
     excluded_annotators: list[dict[str, Any]] = []

@@ -2,7 +2,8 @@
 
 `python -m annotation` dispatches here through `register_cli(subparsers)`; this module also runs alone:
     python -m annotation.analysis_cli analyze --db study.db --study s1 [--json]
-Each subcommand sets `func(args) -> int` (the exit status). Errors print one line to stderr, exit 2.
+Each subcommand sets `run(args)` (raises AnnotationError; annotation/cli.py prints it and exits 2) and
+`func(args) -> int` (the same, printing the error itself and returning the exit status), used by `main` here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     _add_study_args(analyze)
     analyze.add_argument("--json", action="store_true", help="print the report as JSON (no NaN)")
     _add_qc_args(analyze)
-    analyze.set_defaults(func=_guarded(cmd_analyze))
+    analyze.set_defaults(func=_guarded(cmd_analyze), run=cmd_analyze)
 
     export = subparsers.add_parser("export", help="write the tidy ratings table (one row per item x annotator x "
                                                   "question) with automatic metrics and the protocol")
@@ -29,13 +30,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--format", required=True, choices=["csv", "jsonl", "parquet"])
     export.add_argument("--out", required=True, help="output file; the protocol goes to <out>.protocol.json")
     _add_qc_args(export)
-    export.set_defaults(func=_guarded(cmd_export))
+    export.set_defaults(func=_guarded(cmd_export), run=cmd_export)
 
     imp = subparsers.add_parser("import-ratings", help="import ratings from a CSV (MTurk/Prolific); all or nothing")
     _add_study_args(imp)
     imp.add_argument("--file", required=True, help="CSV with item, annotator, [question], rating, "
                                                    "[shortcomings], [comment], [seconds] columns")
-    imp.set_defaults(func=_guarded(cmd_import))
+    imp.set_defaults(func=_guarded(cmd_import), run=cmd_import)
 
 
 def _add_study_args(parser: argparse.ArgumentParser) -> None:

@@ -369,6 +369,22 @@ def test_cli_analyze_prints_text_and_json(tmp_path):
     assert missing.returncode == 2 and "no study 'nope'" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_app_cli_dispatches_to_the_analysis_commands(tmp_path):
+    """`python -m annotation analyze` (the app's CLI) reaches the same report through register_cli."""
+    if not (REPO / "annotation" / "cli.py").exists():
+        pytest.skip("annotation/cli.py (the app's CLI) is not in this checkout")
+    builder = random_study(tmp_path / "study.db", items_per_system=4)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "annotation", "analyze", "--db", str(builder.db_path), "--study",
+                           "s1", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["qc"]["ratings_total"] == builder.db.execute(
+        "SELECT COUNT(*) FROM ratings").fetchone()[0]
+    missing = subprocess.run([sys.executable, "-m", "annotation", "analyze", "--db", str(builder.db_path),
+                              "--study", "nope"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no study 'nope'" in missing.stderr and "Traceback" not in missing.stderr
+
+
 # ---------------------------------------------------------------- Results tab, really launched
 
 def _free_port() -> int:
