@@ -20,14 +20,15 @@ STARTED = time.perf_counter()
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", default="models/studies.db", help="study database (SQLite) path")
+    parser.add_argument("--db", default=None, help="study database (SQLite) path (default: models/studies.db)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--admin-password", default=None,
                         help="admin password (default: $SPARSEFIT_ADMIN_PASSWORD, else a generated one)")
-    parser.add_argument("--models-dir", default="models", help="where fine-tuned runs are (models/runs/…)")
-    parser.add_argument("--quickstart-predictions", default="models/quickstart/predictions.jsonl",
-                        help="predictions file the demo study is built from")
+    parser.add_argument("--models-dir", default=None,
+                        help="where fine-tuned runs are (default: $SPARSEFIT_MODELS_DIR, else models/)")
+    parser.add_argument("--quickstart-predictions", default=None,
+                        help="predictions file of the demo study (default: models/quickstart/predictions.jsonl)")
     parser.add_argument("--base-url", default="", help="public URL used in annotator links (default: this server)")
     return parser.parse_args(argv)
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     from annotation.store import Store
     from annotation.ui import build_app, launch_options
 
+    models_dir = Path(args.models_dir) if args.models_dir else admin.default_models_dir()
+    args.db = args.db or str(models_dir / "studies.db")
+    args.quickstart_predictions = args.quickstart_predictions or str(models_dir / "quickstart" / "predictions.jsonl")
     password = args.admin_password or os.environ.get("SPARSEFIT_ADMIN_PASSWORD") or ""
     if not password:
         password = admin.new_password()
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Quickstart study not created: {err}", flush=True)
     if study_id is None:
         print(f"No quickstart predictions at {args.quickstart_predictions}: build them in the Admin tab.", flush=True)
-    demo = build_app(args.db, password, models_dir=args.models_dir,
+    demo = build_app(args.db, password, models_dir=models_dir,
                      quickstart_predictions=args.quickstart_predictions, base_url=args.base_url)
     demo.queue(default_concurrency_limit=8)
     _, local_url, _ = demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True,

@@ -6,6 +6,7 @@ Plain functions (no Gradio) so the CLI and the web app share them. Torch-free at
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 from pathlib import Path
 from typing import Any, Callable
@@ -15,8 +16,21 @@ from annotation.errors import AnnotationError
 from annotation.store import Store, StudySettings
 
 QUICKSTART_STUDY = "quickstart"
-# Mirrors sparsefit.inference.quickstart_predictions_path(); importing that module would load torch.
-QUICKSTART_PREDICTIONS = Path("models") / "quickstart" / "predictions.jsonl"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_models_dir() -> Path:
+    """Mirrors sparsefit.backbones.models_dir() ($SPARSEFIT_MODELS_DIR, else models/ at the repository root),
+    which cannot be imported here: that module loads torch."""
+    env = os.environ.get("SPARSEFIT_MODELS_DIR")
+    return Path(env) if env else REPO_ROOT / "models"
+
+
+def quickstart_predictions() -> Path:
+    """Mirrors sparsefit.inference.quickstart_predictions_path() without importing torch."""
+    return default_models_dir() / "quickstart" / "predictions.jsonl"
+
+
 PROLIFIC_PLACEHOLDERS = {"PROLIFIC_PID": "{{%PROLIFIC_PID%}}", "STUDY_ID": "{{%STUDY_ID%}}",
                          "SESSION_ID": "{{%SESSION_ID%}}"}
 
@@ -51,9 +65,9 @@ def prolific_link(base_url: str, study_id: str) -> str:
     return f"{base_url.rstrip('/')}/?{urlencode({'study': study_id})}&{placeholders}"
 
 
-def ensure_quickstart_study(store: Store, predictions: str | Path = QUICKSTART_PREDICTIONS) -> str | None:
+def ensure_quickstart_study(store: Store, predictions: str | Path | None = None) -> str | None:
     """Create the demo study from the quickstart predictions once; returns its id (None if no file yet)."""
-    predictions = Path(predictions)
+    predictions = Path(predictions) if predictions else quickstart_predictions()
     if not predictions.exists():
         return None
     resolved = str(predictions.resolve())
@@ -77,7 +91,12 @@ def build_quickstart(store: Store, progress: Callable[[float, str], None] | None
     except ImportError as err:
         raise AnnotationError(f"the model backend is not available ({err}); install the project's "
                               "requirements and try again") from err
-    path = backend_build(progress=progress)
+    from sparsefit.errors import SparseFitError
+
+    try:
+        path = backend_build(progress=progress)
+    except SparseFitError as err:
+        raise AnnotationError(f"the quickstart run failed: {err}") from err
     study_id = ensure_quickstart_study(store, path)
     if study_id is None:
         raise AnnotationError("the quickstart finished but wrote no predictions file", path=str(path))

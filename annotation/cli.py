@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--db", required=True, help="study database (SQLite), created if missing")
     create.add_argument("--predictions", required=True, help="predictions JSONL file")
     create.add_argument("--preset", default="feb", help="built-in preset name (feb, evil) or a preset JSON file")
-    create.add_argument("--per-label", type=int, default=None, help="items per gold label (0 = all; preset default 2)")
+    create.add_argument("--per-label", type=int, default=None,
+                        help="items per gold label (0 = all; preset default 2)")
     correct = create.add_mutually_exclusive_group()
     correct.add_argument("--only-correct", dest="only_correct", action="store_true", default=None,
                          help="only correctly predicted records (the protocol's default)")

@@ -31,10 +31,12 @@ PRIVATE = {"api_visibility": "private"}
 
 CSS = """
 .sf-fields {display: grid; gap: .6rem; margin: .2rem 0 .4rem;}
-.sf-field {border-left: 4px solid var(--color-accent); padding: .35rem .8rem; background: var(--block-background-fill);}
+.sf-field {border-left: 4px solid var(--color-accent); padding: .35rem .8rem;
+  background: var(--block-background-fill);}
 .sf-name {font-size: .8rem; text-transform: uppercase; letter-spacing: .04em; opacity: .7;}
 .sf-text {font-size: 1.1rem; white-space: pre-wrap;}
-.sf-expl {font-size: 1.1rem; white-space: pre-wrap; padding: .5rem .8rem; border: 1px solid var(--border-color-primary); border-radius: 6px; min-height: 5.5rem;}
+.sf-expl {font-size: 1.1rem; white-space: pre-wrap; padding: .5rem .8rem; min-height: 5.5rem;
+  border: 1px solid var(--border-color-primary); border-radius: 6px;}
 .sf-slot {font-weight: 600; margin-bottom: .3rem;}
 .sf-answer {font-size: 1.05rem; margin: .3rem 0;}
 .sf-progress {font-weight: 600; text-align: right;}
@@ -78,7 +80,9 @@ KEYBOARD_JS = """
   };
   document.addEventListener('keydown', (event) => {
     const target = event.target;
-    if (target && (target.tagName === 'TEXTAREA' || (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'))) return;
+    const typing = target && (target.tagName === 'TEXTAREA' ||
+      (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
+    if (typing) return;
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (/^[1-9]$/.test(event.key)) {
       const index = Number(event.key) - 1;
@@ -124,9 +128,11 @@ def launch_options() -> dict[str, Any]:
     return {"css": CSS, "js": KEYBOARD_JS, "theme": gr.themes.Soft()}
 
 
-def build_app(db_path: str | Path, admin_password: str, *, models_dir: str | Path = "models",
-              quickstart_predictions: str | Path = admin.QUICKSTART_PREDICTIONS,
-              base_url: str = "") -> gr.Blocks:
+def build_app(db_path: str | Path, admin_password: str, *, models_dir: str | Path | None = None,
+              quickstart_predictions: str | Path | None = None, base_url: str = "") -> gr.Blocks:
+    """The whole app. `models_dir` defaults to the backend's ($SPARSEFIT_MODELS_DIR or models/)."""
+    models_dir = Path(models_dir) if models_dir else admin.default_models_dir()
+    quickstart_predictions = Path(quickstart_predictions or admin.quickstart_predictions())
     store = Store(db_path)
     flow = AnnotatorFlow(store)
     gate = admin.AdminGate(admin_password)
@@ -157,7 +163,7 @@ def _read_link(request: gr.Request):
     is_annotator = bool(values[0] or values[2])
     # Gradio 6 ignores visibility updates of tabs, so annotators get a style rule hiding the tab bar
     style = "<style>.tab-wrapper {display: none !important;}</style>" if is_annotator else ""
-    return (*values, gr.Tabs(selected="annotate" if is_annotator else "demo"), style)
+    return (*values, gr.Tabs(selected="annotate") if is_annotator else gr.skip(), style)
 
 
 def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":
@@ -362,14 +368,15 @@ def _base_url(request: gr.Request | None, configured: str) -> str:
 
 def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path, base_url: str) -> gr.Textbox:
     with gr.Row():
-        password = gr.Textbox(label="Admin password", type="password", scale=3)
-        sign_in = gr.Button("Sign in / refresh", scale=1)
-    status = gr.HTML("")
+        password = gr.Textbox(label="Admin password", type="password", scale=3, elem_id="sf-admin-password")
+        sign_in = gr.Button("Sign in / refresh", scale=1, elem_id="sf-admin-sign-in")
+    status = gr.HTML("", elem_id="sf-admin-status")
     study_choice = gr.Dropdown([], label="Study", allow_custom_value=True, interactive=True)
     with gr.Accordion("Create a study", open=False):
         with gr.Row():
             upload = gr.File(label="Predictions file (.jsonl)", file_types=[".jsonl"], type="filepath")
-            path_box = gr.Textbox(label="…or its path on the server", placeholder="models/runs/x/predictions.jsonl")
+            path_box = gr.Textbox(label="…or its path on the server", placeholder="models/runs/x/predictions.jsonl",
+                                  elem_id="sf-admin-path")
         with gr.Row():
             preset = gr.Dropdown(list_presets() + [CUSTOM_PRESET], value="feb", label="Protocol preset")
             preset_file = gr.File(label="Custom preset (.json)", file_types=[".json"], type="filepath")
@@ -381,14 +388,14 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
             seed = gr.Number(0, label="Seed", precision=0)
             abandon = gr.Number(30, label="Abandon after (minutes)", precision=0, minimum=1)
             only_correct = gr.Checkbox(True, label="Only correctly predicted items")
-        create = gr.Button("Create study", variant="primary")
+        create = gr.Button("Create study", variant="primary", elem_id="sf-admin-create")
     with gr.Accordion("Annotator links", open=False):
         with gr.Row():
             count = gr.Number(3, label="How many new annotators", precision=0, minimum=1)
             base_box = gr.Textbox(value=base_url, label="Base URL (empty = this server)")
-            add = gr.Button("Add annotators")
+            add = gr.Button("Add annotators", elem_id="sf-admin-add")
         links = gr.Textbox(label="Links (one per annotator; send each person their own)", lines=4,
-                           interactive=False, buttons=["copy"])
+                           interactive=False, buttons=["copy"], elem_id="sf-admin-links")
         prolific = gr.Textbox(label="Prolific study URL (Prolific fills in the placeholders)", interactive=False,
                               buttons=["copy"])
     with gr.Accordion("Progress", open=True):
@@ -406,13 +413,20 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
 
     def guarded(action):
         """Run an admin action: wrong password or bad input → a message, never a traceback."""
-        def run(secret, *args, **kwargs):
+        def run(secret, *args):
             try:
                 gate.require(secret)
-                return action(*args, **kwargs)
+                return action(*args)
             except AnnotationError as err:
                 return _admin_error(str(err))
         return run
+
+    # Gradio injects gr.Request / gr.Progress by signature, so these two get explicit event functions
+    def add_annotators_event(secret, study_id, how_many, base, request: gr.Request):
+        return guarded(add_annotators)(secret, study_id, how_many, base, request)
+
+    def build_quickstart_event(secret, progress=gr.Progress()):
+        return guarded(build_quickstart)(secret, progress)
 
     def refresh(study_id: str):
         studies = store.studies()
@@ -443,7 +457,7 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
                                        f"{store.study_progress(study_id)['items']} items.")
         return updates
 
-    def add_annotators(study_id, how_many, base, request: gr.Request):
+    def add_annotators(study_id, how_many, base, request):
         made = store.add_annotators(_need_study(study_id), int(how_many or 0))
         root = _base_url(request, base or "")
         updates = refresh(study_id)
@@ -457,7 +471,7 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
         path = admin.export(store.path, study_id, chosen_format, out)
         return {export_file: str(path), status: message_html(f"Exported {study_id} as {chosen_format}.")}
 
-    def build_quickstart(progress=gr.Progress()):
+    def build_quickstart(progress):
         study_id = admin.build_quickstart(store, progress=lambda fraction, text: progress(fraction, desc=text))
         updates = refresh(study_id)
         updates[status] = message_html(f"Quickstart study {study_id} is ready.")
@@ -471,9 +485,9 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
     study_choice.input(guarded(refresh), [password, study_choice], outputs, **PRIVATE)
     create.click(guarded(create_study), [password, upload, path_box, preset, preset_file, name, items_per_page,
                                          per_item, per_label, seed, abandon, only_correct], outputs, **PRIVATE)
-    add.click(guarded(add_annotators), [password, study_choice, count, base_box], outputs, **PRIVATE)
+    add.click(add_annotators_event, [password, study_choice, count, base_box], outputs, **PRIVATE)
     export_button.click(guarded(export_study), [password, study_choice, fmt], outputs, **PRIVATE)
-    build.click(guarded(build_quickstart), [password], outputs, **PRIVATE)
+    build.click(build_quickstart_event, [password], outputs, **PRIVATE)
     return password
 
 
@@ -503,9 +517,12 @@ _PREDICTORS: dict[str, Any] = {}  # cache: loaded models by name
 
 
 def list_runs(models_dir: Path) -> list[str]:
-    """Fine-tuned run folders (models/runs/<name>/ with a manifest.json); listing needs no torch."""
-    runs = models_dir / "runs"
-    return sorted(str(p) for p in runs.iterdir() if (p / "manifest.json").exists()) if runs.is_dir() else []
+    """Fine-tuned run folders under models/ (a manifest and a delta), as sparsefit.inference.list_checkpoints
+    finds them, but without importing torch."""
+    if not models_dir.is_dir():
+        return []
+    return sorted(str(p.parent) for p in models_dir.glob("**/delta.safetensors")
+                  if (p.parent / "manifest.json").exists())
 
 
 def _load_predictor(model: str, allowed: list[str], progress=None):

@@ -118,3 +118,41 @@ def test_texts_from_predictions_render_as_text(served, browser):
     assert page.evaluate("window.__xss") is None
     assert page.locator("#sf-inputs img, #sf-expl-a img, #sf-expl-b img, #sf-inputs script").count() == 0
     page.close()
+
+
+def test_admin_creates_a_study_and_issues_links(served, browser, tmp_path):
+    predictions = write_predictions(tmp_path / "admin.jsonl", simulated_esnli_predictions(DATA, count=30, seed=5))
+    bad = tmp_path / "bad.jsonl"
+    lines = predictions.read_text().splitlines()
+    bad.write_text("\n".join([lines[0], lines[1].replace('"gold_explanations": [', '"gold_explanations": [7, ')]))
+    page = browser.new_page(viewport={"width": 1200, "height": 1400})
+    page.goto(served["url"])
+    page.wait_for_selector("button[role=tab]")
+    tab = page.locator("button[role=tab]", has_text="Admin")
+    if not tab.count():  # narrow window: Gradio moves the last tabs into a "More tabs" menu
+        page.get_by_label("More tabs").click()
+        tab = page.locator(".overflow-dropdown button", has_text="Admin")
+    tab.click()
+    status = page.locator("#sf-admin-status")
+    page.locator("#sf-admin-password input").fill("wrong")
+    page.locator("#sf-admin-sign-in").click()
+    page.wait_for_function("document.querySelector('#sf-admin-status').innerText.includes('wrong admin password')")
+    page.locator("#sf-admin-password input").fill("pw")
+    page.get_by_text("Create a study").click()
+    page.locator("#sf-admin-path textarea, #sf-admin-path input").first.fill(str(bad))
+    page.locator("#sf-admin-create").click()
+    page.wait_for_function("document.querySelector('#sf-admin-status').innerText.includes('bad.jsonl:2')")
+    assert "gold_explanations" in status.inner_text() and "Traceback" not in page.content()
+    page.locator("#sf-admin-path textarea, #sf-admin-path input").first.fill(str(predictions))
+    page.locator("#sf-admin-create").click()
+    page.wait_for_function("document.querySelector('#sf-admin-status').innerText.includes('Created study admin')")
+    page.get_by_text("Annotator links").click()
+    page.locator("#sf-admin-add").click()
+    page.wait_for_function("document.querySelector('#sf-admin-links textarea').value.includes('token=')")
+    links = page.locator("#sf-admin-links textarea").input_value().split()
+    store: Store = served["store"]
+    study_id = status.inner_text().split("to ")[-1].rstrip(".")
+    assert {l.split("token=")[1] for l in links} == {a["token"] for a in store.db["annotators"].rows_where(
+        "study_id = ?", [study_id])}
+    assert all(l.startswith(served["url"] + "?token=") for l in links)
+    page.close()
