@@ -432,3 +432,50 @@ def test_results_tab_refuses_without_password_and_shows_tables(tmp_path):
         assert len(pd.read_csv(exported)) == builder.db.execute("SELECT COUNT(*) FROM ratings").fetchone()[0]
     finally:
         demo.close()
+
+
+def test_analysis_of_a_study_run_through_the_real_store(tmp_path):
+    """Ratings written by the app's store (gate 'block' policy, blind order, checklist) are analysed right."""
+    from annotation.store import RatingInput, StudySettings, Store
+
+    labels = ["entailment", "neutral", "contradiction"]
+    records = [make_record(f"e{i}", gold_label=labels[i % 3], metrics={"bertscore_f1": 40.0 + 7 * i})
+               for i in range(6)]
+    predictions = tmp_path / "preds.jsonl"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    store = Store(tmp_path / "app.db")
+    study_id = store.create_study(predictions, StudySettings(preset="evil", items_per_page=6, annotators_per_item=3,
+                                                             per_label=0))
+    annotators = store.add_annotators(study_id, 3)
+    for a_index, annotator in enumerate(annotators):
+        for step in range(10):
+            assignment = store.next_assignment(annotator)
+            if assignment is None:
+                break
+            gold = store.item(assignment.item_id)["gold_label"]
+            wrong = a_index == 0 and step == 0  # one wrong gate answer: the item ends with no ratings
+            assignment = store.answer_gate(annotator, assignment.id, "neutral" if wrong and gold != "neutral"
+                                           else ("entailment" if wrong else gold))
+            if wrong:
+                continue
+            position = int(assignment.item_id.rsplit("e", 1)[1])
+            model_value = ["yes", "weak_yes", "weak_no", "no"][(position + a_index) % 4]
+            store.submit(annotator, assignment.id, {
+                "model": RatingInput(model_value, ["none"] if model_value == "yes" else ["insufficient"]),
+                "gold": RatingInput("yes", ["none"])})
+    db_path = tmp_path / "app.db"
+    report = analyze(db_path, study_id)
+    qc = report["qc"]
+    assert qc["gate_assignments"]["wrong"] == 1 and qc["gate_assignments"]["wrong_without_ratings"] == 1
+    assert qc["excluded"]["gate_wrong"] == 0 and qc["ratings_kept"] == qc["ratings_total"] > 0
+    with open_db(db_path).conn as conn:
+        rows = conn.execute("SELECT item_id, rating FROM ratings WHERE question = 'model'").fetchall()
+    per_item = defaultdict(list)
+    for item_id, rating in rows:
+        per_item[item_id].append(SCORE[rating])
+    item_means = [sum(v) / len(v) * 100 for v in per_item.values()]
+    model_row = find(report["scores"], question="model")
+    assert model_row["n_items"] == len(per_item) and model_row["mean"] == pytest.approx(np.mean(item_means))
+    assert find(report["scores"], question="gold")["mean"] == pytest.approx(100.0)
+    assert sum(r["count"] for r in report["shortcomings"] if r["question"] == "model") == len(rows)
+    assert find(report["correlations"]["item_level"], metric="bertscore_f1")["n"] == len(per_item)
