@@ -579,6 +579,8 @@ def format_report(report: dict[str, Any]) -> str:
     for ann in qc["annotators_excluded"]:
         parts.append(f"  excluded annotator {ann['annotator_id']}: gold acceptance "
                      f"{ann['gold_acceptance']:.2f} on {ann['gold_ratings']} gold ratings")
+    if qc["ratings_kept"] == 0:
+        parts += ["", "No ratings left to analyse" + (" after QC." if qc["ratings_total"] else " (none yet).")]
     parts += ["", f"Scores (mean of item scores x100, bootstrap {level}% CI over items)"]
     parts.append(_table(["model", "method", "dataset", "question", "items", "mean", "std", "stderr", "CI"],
                         [[r["model"], r["method"], r["dataset"], r["question"], str(r["n_items"]), _num(r["mean"]),
@@ -601,9 +603,10 @@ def format_report(report: dict[str, Any]) -> str:
                               f"{r['share']:.2f}"] for r in report["shortcomings"]]))
     parts += ["", "Agreement (binary collapse for kappas and percent agreement; ordinal alpha on the full scale)"]
     for row in report["agreement"]:
-        parts.append(f"  [{row['question']}] {row['scope']}: {row['items']} items, kappas on "
-                     f"{row['items'] - row['items_dropped_for_kappa']} items with "
-                     f"{row['raters_per_item_for_kappa']} raters ({row['items_dropped_for_kappa']} dropped)")
+        kappa_items = (f"kappas on {row['items'] - row['items_dropped_for_kappa']} items with "
+                       f"{row['raters_per_item_for_kappa']} raters ({row['items_dropped_for_kappa']} dropped)"
+                       if row["raters_per_item_for_kappa"] else "no item has 2 or more raters")
+        parts.append(f"  [{row['question']}] {row['scope']}: {row['items']} items, {kappa_items}")
         parts.append(f"      Fleiss' kappa {format_stat(row['fleiss_kappa_binary'])}; Randolph's free-marginal kappa "
                      f"{format_stat(row['randolph_free_marginal_kappa_binary'])}; Krippendorff's alpha (ordinal) "
                      f"{format_stat(row['krippendorff_alpha_ordinal'])}")

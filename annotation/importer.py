@@ -1,6 +1,7 @@
 """Import ratings collected elsewhere (MTurk, Prolific, a spreadsheet) into a study, all or nothing.
 
-CSV columns (header names are case-insensitive; spaces count as underscores):
+CSV columns (header names are case-insensitive; spaces count as underscores; MTurk's "Input." and
+"Answer." prefixes are ignored):
   item          item_id | record_id | item | id         the study's item id or the predictions record id
   annotator     annotator | annotator_id | worker_id | participant_id | prolific_pid | participant
   question      question (optional, default "model")     "model" or "gold", one of the protocol's `rate`
@@ -142,7 +143,9 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
 
 
 def _map_columns(header: list[str], path: Path) -> dict[str, int]:
-    normalized = [h.strip().lower().replace(" ", "_") for h in header]
+    # MTurk batch results name columns Input.<field> / Answer.<field>
+    normalized = [h.strip().lower().replace(" ", "_").removeprefix("input.").removeprefix("answer.")
+                  for h in header]
     columns: dict[str, int] = {}
     for role, aliases in COLUMN_ALIASES.items():
         for alias in aliases:

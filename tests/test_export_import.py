@@ -168,6 +168,17 @@ def test_bad_rows_list_every_problem_and_import_nothing(tmp_path):
     assert counts(builder) == before
 
 
+def test_import_reads_an_mturk_batch_file(tmp_path):
+    builder = small_study(tmp_path)
+    csv_path = write_csv(tmp_path / "Batch_123_batch_results.csv",
+                         "HITId,WorkerId,Input.item_id,Answer.question,Answer.rating\n"
+                         "H1,A1B2,rec1,gold,weak no\nH2,A1B2,rec2,model,No\n")
+    summary = import_ratings(builder.db_path, "s1", csv_path)
+    assert summary.ratings_inserted == 2
+    assert builder.db.execute("SELECT rating FROM ratings WHERE annotator_id = 'import:s1:A1B2' AND "
+                              "question = 'gold'").fetchone()[0] == "weak_no"
+
+
 def test_importing_the_same_file_twice_is_refused(tmp_path):
     builder = small_study(tmp_path)
     csv_path = write_csv(tmp_path / "once.csv", "item,annotator,rating\ns1-rec1,W1,yes\ns1-rec2,W1,no\n")
