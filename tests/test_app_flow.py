@@ -90,6 +90,10 @@ def test_two_annotators_rate_through_the_api(app):
     assert all(r["seconds_spent"] >= 0 and r["comment"] == "fine" for r in rows)
     by_position = {(r["item_id"], r["shown_position"]): r["rating"] for r in rows}
     assert set(by_position.values()) == {"yes", "weak_no"}  # A got "yes", B got "weak_no", whichever was gold
+    # the Admin tab's Export button goes through annotation.admin.export (the analysis module writes the file)
+    from annotation.admin import export
+    exported = export(app["db"], study, "jsonl", app["db"].parent / "flow.jsonl")
+    assert len(exported.read_text().splitlines()) == len(rows)
 
 
 def test_resume_and_token_isolation(app):
