@@ -189,7 +189,8 @@ def test_nm_export_of_a_finished_run(uninterrupted):
     masked = variants()[1]  # a mask-training run: exercises save_delta / load_delta / merge of that method
     run_dir = episode_dir(out, masked, SEEDS[0])
     report = export_run(run_dir, "2:4", progress=False)
-    assert report["pruning"]["pruned_layers"] and report["pruning"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    # at least 50%: 2:4 on top of the 30% the mask already removed
+    assert report["pruning"]["pruned_layers"] and 0.5 <= report["pruning"]["sparsity"] < 0.65
     results = json.loads((run_dir / "results.json").read_text())
     assert report["dense"]["accuracy"] == results["accuracy"]
     assert report["pruned"]["n_eval"] == results["n_eval"]
