@@ -28,6 +28,8 @@ AGREEMENT_COLUMNS = ["scope", "question", "items", "raters (kappa)", "dropped (k
                      "% agreement (binary)", "unanimous (binary)"]
 QC_COLUMNS = ["what", "count"]
 CORRELATION_COLUMNS = ["metric", "level", "n", "Spearman [CI]", "Kendall tau-b [CI]"]
+BREAKDOWN_COLUMNS = ["model", "method", "dataset", "question", "items", "mean", "std", "stderr"]
+SHORTCOMING_COLUMNS = ["model", "method", "dataset", "question", "shortcoming", "count", "share"]
 
 
 def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_box: gr.Textbox) -> None:
@@ -52,6 +54,11 @@ def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_bo
     with gr.Row():
         qc = gr.Dataframe(label="Quality control", headers=QC_COLUMNS, interactive=False)
         correlations = gr.Dataframe(label="Human vs automatic", headers=CORRELATION_COLUMNS, interactive=False)
+    with gr.Accordion("Breakdowns and shortcomings", open=False):
+        by_label = gr.Dataframe(label="By gold label", headers=BREAKDOWN_COLUMNS + ["gold_label"], interactive=False)
+        by_correct = gr.Dataframe(label="By correct / incorrect prediction", headers=BREAKDOWN_COLUMNS + ["correct"],
+                                  interactive=False)
+        shortcomings = gr.Dataframe(label="Shortcomings", headers=SHORTCOMING_COLUMNS, interactive=False)
     with gr.Row():
         fmt = gr.Radio(["csv", "jsonl", "parquet"], value="csv", label="Export format")
         export = gr.Button("Export ratings table")
@@ -71,7 +78,9 @@ def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_bo
     def analyze(password: str, study_id: str, seconds: float, gold: float, gate: bool,
                 progress=gr.Progress()):
         empty = (pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=AGREEMENT_COLUMNS),
-                 pd.DataFrame(columns=QC_COLUMNS), pd.DataFrame(columns=CORRELATION_COLUMNS), None, None, None)
+                 pd.DataFrame(columns=QC_COLUMNS), pd.DataFrame(columns=CORRELATION_COLUMNS), None, None, None,
+                 pd.DataFrame(columns=BREAKDOWN_COLUMNS + ["gold_label"]),
+                 pd.DataFrame(columns=BREAKDOWN_COLUMNS + ["correct"]), pd.DataFrame(columns=SHORTCOMING_COLUMNS))
         if not is_admin(password):
             return (REFUSED, *empty)
         if not study_id:
@@ -88,7 +97,8 @@ def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_bo
         except Exception as err:  # never a traceback in the UI; the log keeps it
             log.exception("analysis failed")
             return (f"**Analysis failed:** {type(err).__name__}: {err}", *empty)
-        return (_status_text(result.report), *result_tables(result), *result_plots(result))
+        return (_status_text(result.report), *result_tables(result), *result_plots(result),
+                *detail_tables(result.report))
 
     def export_table(password: str, study_id: str, export_format: str, seconds: float, gold: float, gate: bool):
         if not is_admin(password):
@@ -110,7 +120,8 @@ def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_bo
 
     refresh.click(list_studies, [password_box], [study, status], api_name="results_studies")
     run.click(analyze, [password_box, study, min_seconds, min_gold, gate_filter],
-              [status, scores, agreement, qc, correlations, score_plot, distribution_plot, scatter_plot],
+              [status, scores, agreement, qc, correlations, score_plot, distribution_plot, scatter_plot,
+               by_label, by_correct, shortcomings],
               api_name="results_analyze")
     export.click(export_table, [password_box, study, fmt, min_seconds, min_gold, gate_filter],
                  [export_file, status], api_name="results_export")
@@ -152,6 +163,18 @@ def result_tables(result: AnalysisResult) -> tuple[pd.DataFrame, pd.DataFrame, p
     corr_rows += [[r["metric"], "system", r["n_systems"], format_stat(r["spearman"]), format_stat(r["kendall"])]
                   for r in corr["system_level"]]
     return scores, agreement, qc, pd.DataFrame(corr_rows, columns=CORRELATION_COLUMNS)
+
+
+def detail_tables(report: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Breakdowns by gold label and by correctness, and shortcoming frequencies."""
+    def breakdown(key: str) -> pd.DataFrame:
+        return pd.DataFrame([[r["model"], r["method"], r["dataset"], r["question"], r["n_items"], _round(r["mean"]),
+                              _round(r["std"]), _round(r["stderr"]), str(r[key])]
+                             for r in report[f"breakdown_by_{key}"]], columns=BREAKDOWN_COLUMNS + [key])
+    shortcomings = pd.DataFrame([[r["model"], r["method"], r["dataset"], r["question"], r["label"], r["count"],
+                                  _round(r["share"], 3)] for r in report["shortcomings"]],
+                                columns=SHORTCOMING_COLUMNS)
+    return breakdown("gold_label"), breakdown("correct"), shortcomings
 
 
 # ---------------------------------------------------------------- plots

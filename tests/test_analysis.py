@@ -412,10 +412,10 @@ def test_results_tab_refuses_without_password_and_shows_tables(tmp_path):
         assert "password" in str(refused).lower()
         listed = client.predict("open-sesame", api_name="/results_studies")
         assert "s1" in json.dumps(listed)
-        status, scores, agreement, qc, correlations, *plots = client.predict(
+        status, scores, agreement, qc, correlations, *plots, by_label, by_correct, shortcomings = client.predict(
             "wrong", "s1", 0, 0, True, api_name="/results_analyze")
-        assert "password" in status.lower() and not scores["data"]
-        status, scores, agreement, qc, correlations, *plots = client.predict(
+        assert "password" in status.lower() and not scores["data"] and not by_label["data"]
+        status, scores, agreement, qc, correlations, *plots, by_label, by_correct, shortcomings = client.predict(
             "open-sesame", "s1", 0, 0, True, api_name="/results_analyze")
         assert "s1" in status
         expected = analyze(builder.db_path, "s1")
@@ -425,6 +425,10 @@ def test_results_tab_refuses_without_password_and_shows_tables(tmp_path):
         assert float(first["mean"]) == pytest.approx(expected["scores"][0]["mean"], abs=0.05)
         assert any("Fleiss" in h for h in agreement["headers"])
         assert len(plots) == 3 and all(p is not None for p in plots)
+        assert len(by_label["data"]) == len(expected["breakdown_by_gold_label"])
+        assert len(by_correct["data"]) == len(expected["breakdown_by_correct"])
+        qc_counts = dict(qc["data"])
+        assert qc_counts["ratings kept"] == expected["qc"]["ratings_kept"]
         refused_file, message = client.predict("wrong", "s1", "csv", 0, 0, True, api_name="/results_export")
         assert refused_file is None and "password" in message.lower()
         exported, message = client.predict("open-sesame", "s1", "csv", 0, 0, True, api_name="/results_export")
