@@ -184,7 +184,7 @@ def result_plots(result: AnalysisResult) -> tuple[Figure, Figure, Figure]:
 
 
 def score_figure(report: dict[str, Any]) -> Figure:
-    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    figure = Figure(figsize=(5, 3.5), layout="constrained")
     axes = figure.add_subplot()
     rows = report["scores"]
     systems = sorted({(r["model"], r["method"], r["dataset"]) for r in rows})
@@ -214,7 +214,7 @@ def score_figure(report: dict[str, Any]) -> Figure:
 
 
 def distribution_figure(report: dict[str, Any]) -> Figure:
-    figure = Figure(figsize=(4, 3.5), layout="constrained")
+    figure = Figure(figsize=(5, 3.5), layout="constrained")
     axes = figure.add_subplot()
     rows = report["rating_distribution"]
     labels = [p["label"] for p in report["study"]["scale"]]
@@ -225,6 +225,7 @@ def distribution_figure(report: dict[str, Any]) -> Figure:
         axes.bar([i + q_index * width for i in range(len(labels))], [shares.get(label, 0) for label in labels],
                  width, label=f"{question} explanation")
     axes.set_xticks([i + width * (len(questions) - 1) / 2 for i in range(len(labels))], labels, fontsize=8)
+    axes.set_ylim(0, min(1.0, max([r["share"] for r in rows], default=0.5) * 1.25))
     axes.set_ylabel("share of ratings")
     if questions:
         axes.legend(fontsize=7)
@@ -232,7 +233,7 @@ def distribution_figure(report: dict[str, Any]) -> Figure:
 
 
 def scatter_figure(result: AnalysisResult) -> Figure:
-    figure = Figure(figsize=(4, 3.5), layout="constrained")
+    figure = Figure(figsize=(5, 3.5), layout="constrained")
     axes = figure.add_subplot()
     table = result.item_scores
     metrics = [c for c in table.columns if c.startswith("metric_")]
@@ -245,5 +246,5 @@ def scatter_figure(result: AnalysisResult) -> Figure:
     paired = model_rows.dropna(subset=[metric])
     axes.scatter(paired[metric], paired["human_score"] * 100, s=8, alpha=0.5)
     axes.set_xlabel(metric.removeprefix("metric_"))
-    axes.set_ylabel("human score of model explanation (x100)")
+    axes.set_ylabel("human score, model expl. (x100)")
     return figure
