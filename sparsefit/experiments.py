@@ -59,7 +59,7 @@ class Variant:
 
 # --- seeds and labels -------------------------------------------------------------------------------------
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
-    """'all' -> FEB's 60 seeds; 'K' -> the first K of them; '7004,3639' -> exactly those."""
+    """'all' -> FEB's 60 seeds; 'K' -> the first K of them; '7004,3639' (or '7004,') -> exactly those."""
     from sparsefit.episodes import FEB_SEEDS
     if isinstance(spec, int):
         spec = str(spec)
@@ -78,7 +78,7 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     elif text.isdigit() and 1 <= int(text) <= len(FEB_SEEDS):
         return list(FEB_SEEDS[: int(text)])
     raise SparseFitError(f"--seeds must be 'all', a count 1..{len(FEB_SEEDS)} (the first K published seeds) or "
-                         f"a comma-separated list of distinct seeds, got {spec!r}", field="seeds")
+                         f"a comma-separated list of distinct seeds (one seed: '7004,'), got {spec!r}", field="seeds")
 
 
 def variant_label(config: Any) -> str:
@@ -292,9 +292,11 @@ def _add_common(parser: argparse.ArgumentParser, *, several: bool) -> None:
 def configs_from_args(args: argparse.Namespace) -> list[Any]:
     """Every --config (or the flags alone) crossed with every --method (or the config's own method)."""
     from sparsefit.cli import config_from_args
+    def as_list(value):
+        return [value] if isinstance(value, str) else list(value or [])
     configs = []
-    for config_path in args.config or [None]:
-        for method in args.method or [None]:
+    for config_path in as_list(args.config) or [None]:
+        for method in as_list(args.method) or [None]:
             single = argparse.Namespace(**{**vars(args), "config": config_path, "method": method})
             configs.append(config_from_args(single))
     return configs

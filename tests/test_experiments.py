@@ -64,7 +64,7 @@ def test_parse_seeds():
     from sparsefit.episodes import FEB_SEEDS
     assert parse_seeds("all") == list(FEB_SEEDS) and len(FEB_SEEDS) == 60
     assert parse_seeds("3") == list(FEB_SEEDS[:3])
-    assert parse_seeds("51,4199") == [51, 4199]
+    assert parse_seeds("51,4199") == [51, 4199] and parse_seeds("7004,") == [7004]
     for bad in ("0", "61", "1,1", "x", ""):
         with pytest.raises(SparseFitError, match="seeds"):
             parse_seeds(bad)
@@ -175,6 +175,15 @@ def test_grid_runs_specs_and_ranks_by_accuracy_then_nbertscore(tmp_path):
     keys = [(r["accuracy_mean"], r["nbertscore_mean"]) for r in ranked]
     assert keys == sorted(keys, reverse=True)
     assert (tmp_path / "grid.csv").read_text().startswith("rank,variant")
+    config_path = tmp_path / "base.json"
+    config_path.write_text(json.dumps(base.to_dict()))
+    done = subprocess.run([sys.executable, "-m", "sparsefit", "grid", "--config", str(config_path), "--specs",
+                           "ln;self.k,ln", "--seeds", f"{SEEDS[0]},", "--out", str(tmp_path), "--quiet"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr  # resumed: both specs finished above
+    printed = [line.split()[:2] for line in done.stdout.splitlines()[2:4]]
+    assert printed == [["1", ranked[0]["variant"]], ["2", ranked[1]["variant"]]]
     # the ranking rule itself, on a table where accuracy ties
     table = [{"variant": "a", "accuracy_mean": 50.0, "nbertscore_mean": 10.0},
              {"variant": "b", "accuracy_mean": 60.0, "nbertscore_mean": 5.0},
