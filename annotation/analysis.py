@@ -198,7 +198,8 @@ def apply_qc(data: StudyData, scale: Scale, settings: QCSettings) -> tuple[pd.Da
         seconds = seconds.fillna(ratings.groupby(["item_id", "annotator_id"])["rating_seconds"]
                                  .transform("max").astype(float))
         mark(seconds < settings.min_seconds, "too_fast")
-    acceptance = _gold_acceptance(ratings[exclusion.isna()])
+    survivors = ratings[exclusion.isna()]
+    acceptance = _gold_acceptance(survivors)
     excluded_annotators: list[dict[str, Any]] = []
     if settings.min_gold_acceptance > 0:
         low = acceptance[acceptance["gold_acceptance"] < settings.min_gold_acceptance]
@@ -218,7 +219,8 @@ def apply_qc(data: StudyData, scale: Scale, settings: QCSettings) -> tuple[pd.Da
         "annotators_total": int(ratings["annotator_id"].nunique()),
         "annotators_kept": int(kept["annotator_id"].nunique()),
         "annotators_excluded": excluded_annotators,
-        "annotators_without_gold_ratings": int(ratings["annotator_id"].nunique() - len(acceptance)),
+        # kept whatever the gold-acceptance threshold, since there is nothing to judge them by
+        "annotators_without_gold_ratings": int(survivors["annotator_id"].nunique() - len(acceptance)),
         "items_total": int(len(data.items)),
         "items_rated": int(kept["item_id"].nunique()),
     }

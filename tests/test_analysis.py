@@ -306,20 +306,23 @@ def test_qc_rules_exclude_and_count(tmp_path):
     for item in items[:4]:                                                              # 8 ratings
         builder.rate_item(item, "rejecter", "yes", "no")
     builder.rate_item(items[5], "mystery", "maybe", None)                               # not on the scale
+    builder.rate_item(items[5], "modelonly", "yes", None)                               # kept: no gold ratings
     builder.assign(items[4], "blocked", gate_correct=0)                                 # blocked, no ratings
 
     settings = QCSettings(min_seconds=5, min_gold_acceptance=0.5)
     result = run_analysis(builder.db_path, "s1", settings)
     qc = result.report["qc"]
     assert qc["excluded"] == {"unknown_rating": 1, "gate_wrong": 2, "too_fast": 4, "low_gold_acceptance": 8}
-    assert qc["ratings_total"] == 24 + 2 + 2 + 2 + 8 + 1
-    assert qc["ratings_kept"] == 24
+    assert qc["ratings_total"] == 24 + 2 + 2 + 2 + 8 + 1 + 1
+    assert qc["ratings_kept"] == 25
     assert [a["annotator_id"] for a in qc["annotators_excluded"]] == ["ann-rejecter"]
     assert qc["annotators_excluded"][0]["gold_acceptance"] == 0.0
-    assert qc["gate_assignments"] == {"answered": 6 * 2 + 1 + 1 + 1 + 4 + 1 + 1, "wrong": 2,
+    assert qc["annotators_without_gold_ratings"] == 1  # modelonly (mystery's one rating went under rule 1)
+    assert qc["gate_assignments"] == {"answered": 6 * 2 + 1 + 1 + 1 + 4 + 1 + 1 + 1, "wrong": 2,
                                       "wrong_without_ratings": 1}
     kept_model = find(result.report["scores"], question="model")
-    assert kept_model["mean"] == pytest.approx((1 + 1 / 3) / 2 * 100)  # only good1 and good2 remain
+    # good1 (yes) and good2 (weak no) on every item, plus modelonly's yes on the last one
+    assert kept_model["mean"] == pytest.approx((5 * (1 + 1 / 3) / 2 + (1 + 1 / 3 + 1) / 3) / 6 * 100)
 
     # switching rules off brings the ratings back, and each count drops to 0
     loose = analyze(builder.db_path, "s1", QCSettings(gate_filter=False))["qc"]
