@@ -12,6 +12,7 @@ class AnnotationError(Exception):
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  field: str | None = None):
         self.path, self.line, self.field = path, line, field
+        self.reason = message  # without the location: what an annotator is shown
         where = []
         if path is not None:
             where.append(str(path) + (f":{line}" if line is not None else ""))

@@ -42,18 +42,18 @@ class AnnotatorFlow:
             else:
                 return error_view("Open the personal link you were given to start rating.")
         except AnnotationError as err:
-            return error_view(str(err))
+            return error_view(err.reason)
         return self.current(annotator)
 
     def answer_gate(self, token: str, assignment_id: int | float | str, answer: str) -> dict[str, Any]:
         try:
             annotator = self.store.annotator_by_token(token)
         except AnnotationError as err:
-            return error_view(str(err))
+            return error_view(err.reason)
         try:
             assignment = self.store.answer_gate(annotator, _as_int(assignment_id), answer)
         except AnnotationError as err:
-            return self.current(annotator, message=str(err), error=True)
+            return self.current(annotator, message=err.reason, error=True)
         if assignment.status == GATE_FAILED:
             return self.current(annotator, message="That was not the expected answer, so this item ends "
                                 "here. Here is the next one.")
@@ -66,7 +66,7 @@ class AnnotatorFlow:
         try:
             annotator = self.store.annotator_by_token(token)
         except AnnotationError as err:
-            return error_view(str(err))
+            return error_view(err.reason)
         try:
             assignment = self.store.assignment(annotator, _as_int(assignment_id))
             given = [(rating_a, shortcomings_a), (rating_b, shortcomings_b)]
@@ -74,7 +74,7 @@ class AnnotatorFlow:
                        for i, question in enumerate(assignment.order)}
             self.store.submit(annotator, assignment.id, ratings, comment or "")
         except AnnotationError as err:
-            return self.current(annotator, message=str(err), error=True)
+            return self.current(annotator, message=err.reason, error=True)
         return self.current(annotator, message="Saved.")
 
     # ---------------------------------------------------------------- views
@@ -84,7 +84,7 @@ class AnnotatorFlow:
         try:
             assignment = self.store.next_assignment(annotator)
         except AnnotationError as err:
-            return error_view(str(err))
+            return error_view(err.reason)
         progress = self.store.progress(annotator)
         base = {"ok": not error, "message": message, "token": annotator.token, "study": study["id"],
                 "title": protocol["title"], "instructions_md": protocol["instructions_md"],
@@ -127,6 +127,7 @@ class AnnotatorFlow:
                                             "option_text": {o: gate.get("option_text", {}).get(o, o)
                                                             for o in options}})
             return view
+        shown = (gate or protocol["resolved"]["gate_questions"].get(dataset, {})).get("option_text", {})
         texts = {"model": (record["pred_explanation"], record["pred_label"]),
                  "gold": (record["gold_explanations"][0], record["gold_label"])}
         answers = {texts[q][1] for q in assignment.order}
@@ -135,10 +136,11 @@ class AnnotatorFlow:
             text, label = texts[question]
             entry = {"slot": SLOTS[position], "text": text}
             if len(answers) > 1:  # only when the model's label differs (studies that include wrong ones)
-                entry["answer"] = label
+                entry.update(answer=label, answer_text=shown.get(label, label))
             explanations.append(entry)
         view.update(stage="rate", question=question_for(protocol, dataset), explanations=explanations,
                     answer=next(iter(answers)) if len(answers) == 1 else "",
+                    answer_text=shown.get(next(iter(answers)), next(iter(answers))) if len(answers) == 1 else "",
                     gate_answer=assignment.gate_answer or "",
                     scale=[{"value": p["value"], "label": p["label"], "key": p.get("key", "")}
                            for p in protocol["scale"]],

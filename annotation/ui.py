@@ -86,7 +86,7 @@ KEYBOARD_JS = """
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (/^[1-9]$/.test(event.key)) {
       const index = Number(event.key) - 1;
-      if (pick('sf-gate', index)) { event.preventDefault(); return; }
+      if (pick('sf-gate', index)) { event.preventDefault(); event.stopPropagation(); return; }
       const rateB = document.getElementById('sf-rating-b');
       let slot = focusSlot;
       if (!slot || (slot === 'b' && !visible(rateB))) {
@@ -94,6 +94,7 @@ KEYBOARD_JS = """
       }
       if (pick('sf-rating-' + slot, index)) {
         event.preventDefault();
+        event.stopPropagation();
         if (slot === 'a' && visible(rateB) && !checked('sf-rating-b')) mark('b'); else mark(slot);
       }
       return;
@@ -101,10 +102,10 @@ KEYBOARD_JS = """
     if (event.key === 'Enter') {
       for (const id of ['sf-gate-continue', 'sf-submit']) {
         const button = document.getElementById(id);
-        if (visible(button)) { event.preventDefault(); button.click(); return; }
+        if (visible(button)) { event.preventDefault(); event.stopPropagation(); button.click(); return; }
       }
     }
-  });
+  }, true);  // capture phase: a focused checkbox would otherwise toggle on Enter before we submit
 }
 """
 
@@ -172,9 +173,6 @@ def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":
     pid, prolific_study, session = gr.Textbox(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False)
     assignment = gr.Textbox(visible=False)
     view = gr.JSON(visible=False)
-    # plain-text mirrors of the choice widgets: the API takes strings, so scripts need no widget state
-    gate_value, rating_a_value, rating_b_value = (gr.Textbox(visible=False) for _ in range(3))
-    short_a_value, short_b_value = gr.Textbox(visible=False), gr.Textbox(visible=False)
 
     with gr.Row():
         title = gr.Markdown("### Rate explanations")
@@ -199,61 +197,62 @@ def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":
                 with gr.Column(elem_id="sf-block-a"):
                     expl_a = gr.HTML("", elem_id="sf-expl-a")
                     rating_a = gr.Radio([], label="Rating for Explanation A", elem_id="sf-rating-a")
-                    short_a = gr.CheckboxGroup([], label="Shortcomings of Explanation A", visible=False)
+                    short_a = gr.CheckboxGroup([], label="Shortcomings of Explanation A", visible=False,
+                                               elem_id="sf-short-a")
                 with gr.Column(elem_id="sf-block-b") as block_b:
                     expl_b = gr.HTML("", elem_id="sf-expl-b")
                     rating_b = gr.Radio([], label="Rating for Explanation B", elem_id="sf-rating-b")
-                    short_b = gr.CheckboxGroup([], label="Shortcomings of Explanation B", visible=False)
+                    short_b = gr.CheckboxGroup([], label="Shortcomings of Explanation B", visible=False,
+                                               elem_id="sf-short-b")
             comment = gr.Textbox(label="Comment (optional)", lines=2, max_lines=6, visible=False)
             submit = gr.Button("Submit (Enter)", variant="primary", elem_id="sf-submit")
     done = gr.HTML("", visible=False, elem_id="sf-done")
 
-    for widget, mirror, script in ((gate_radio, gate_value, "(x) => x ?? ''"),
-                                   (rating_a, rating_a_value, "(x) => x ?? ''"),
-                                   (rating_b, rating_b_value, "(x) => x ?? ''"),
-                                   (short_a, short_a_value, "(x) => JSON.stringify(x ?? [])"),
-                                   (short_b, short_b_value, "(x) => JSON.stringify(x ?? [])")):
-        widget.change(None, widget, mirror, js=script, **PRIVATE)
-
     screen = [token, assignment, title, progress, message, instructions_box, instructions, entry, item_box,
-              inputs, gate_box, gate_question, gate_radio, gate_value, rate_box, answer, question, expl_a,
-              rating_a, rating_a_value, short_a, short_a_value, block_b, expl_b, rating_b, rating_b_value,
-              short_b, short_b_value, comment, done]
+              inputs, gate_box, gate_question, gate_radio, rate_box, answer, question, expl_a, rating_a, short_a,
+              block_b, expl_b, rating_b, short_b, comment, done]
 
     def render(current: dict | None, previous_assignment: str):
         return _render(current or {}, previous_assignment, dict(zip(
             ["token", "assignment", "title", "progress", "message", "instructions_box", "instructions",
-             "entry", "item_box", "inputs", "gate_box", "gate_question", "gate_radio", "gate_value", "rate_box",
-             "answer", "question", "expl_a", "rating_a", "rating_a_value", "short_a", "short_a_value",
-             "block_b", "expl_b", "rating_b", "rating_b_value", "short_b", "short_b_value", "comment",
+             "entry", "item_box", "inputs", "gate_box", "gate_question", "gate_radio", "rate_box", "answer",
+             "question", "expl_a", "rating_a", "short_a", "block_b", "expl_b", "rating_b", "short_b", "comment",
              "done"], screen)))
 
     def start(token_value: str, study_value: str, pid_value: str, prolific_study_value: str,
               session_value: str) -> dict:
-        """annotator_start: open or resume a session. Give `token`, or `study` + `PROLIFIC_PID` (+ Prolific
-        STUDY_ID, SESSION_ID). Returns the current view (stage gate | rate | done | error)."""
-        return flow.start(token_value, study_value, pid_value, prolific_study_value, session_value)
+        return flow.start(token_value or "", study_value or "", pid_value or "", prolific_study_value or "",
+                          session_value or "")
 
-    def answer_gate(token_value: str, assignment_id: str, answer_value: str) -> dict:
-        """annotator_answer_gate: the annotator's own answer to the task; returns the next view."""
-        return flow.answer_gate(token_value, assignment_id, answer_value)
-
-    def submit_ratings(token_value: str, assignment_id: str, rating_a_text: str, rating_b_text: str,
-                       shortcomings_a: str, shortcomings_b: str, comment_text: str) -> dict:
-        """annotator_submit: ratings (scale values) of Explanation A and B, shortcomings as JSON lists or
-        comma-separated values, optional comment; returns the next view."""
-        return flow.submit(token_value, assignment_id, rating_a_text, rating_b_text,
-                           _value_list(shortcomings_a), _value_list(shortcomings_b), comment_text)
-
+    # The browser sends its widgets' values; scripts use the string-typed API endpoints below.
     link = [token, study, pid, prolific_study, session]
-    entry_button.click(lambda code: code.strip(), token_entry, token, **PRIVATE) \
-        .then(start, link, view, api_name="annotator_start") \
+    entry_button.click(lambda code: (code or "").strip(), token_entry, token, **PRIVATE) \
+        .then(start, link, view, **PRIVATE) \
         .then(render, [view, assignment], screen, **PRIVATE)
-    gate_button.click(answer_gate, [token, assignment, gate_value], view, api_name="annotator_answer_gate") \
+    gate_button.click(flow.answer_gate, [token, assignment, gate_radio], view, **PRIVATE) \
         .then(render, [view, assignment], screen, **PRIVATE)
-    submit.click(submit_ratings, [token, assignment, rating_a_value, rating_b_value, short_a_value,
-                                  short_b_value, comment], view, api_name="annotator_submit") \
+    submit.click(flow.submit, [token, assignment, rating_a, rating_b, short_a, short_b, comment], view, **PRIVATE) \
         .then(render, [view, assignment], screen, **PRIVATE)
+
+    def annotator_start(token: str = "", study: str = "", prolific_pid: str = "", prolific_study_id: str = "",
+                        session_id: str = "") -> dict:
+        """Open or resume a session: give `token`, or `study` + `prolific_pid` (+ Prolific STUDY_ID and
+        SESSION_ID). Returns the current view (stage gate | rate | done | error)."""
+        return start(token, study, prolific_pid, prolific_study_id, session_id)
+
+    def annotator_answer_gate(token: str, assignment_id: str, answer: str) -> dict:
+        """The annotator's own answer to the task (one of view.gate.options); returns the next view."""
+        return flow.answer_gate(token, assignment_id, answer)
+
+    def annotator_submit(token: str, assignment_id: str, rating_a: str, rating_b: str = "",
+                         shortcomings_a: str = "", shortcomings_b: str = "", comment: str = "") -> dict:
+        """Ratings (scale values) of Explanation A and B, shortcomings as a JSON list or comma-separated
+        values, optional comment; returns the next view (or the same item with ok=false and a message)."""
+        return flow.submit(token, assignment_id, rating_a, rating_b, _value_list(shortcomings_a),
+                           _value_list(shortcomings_b), comment)
+
+    for endpoint in (annotator_start, annotator_answer_gate, annotator_submit):
+        gr.api(endpoint, api_name=endpoint.__name__)
     return AnnotateTab(link=link, view=view, assignment=assignment, screen=screen, start=start, render=render)
 
 
@@ -309,7 +308,7 @@ def _render(view: dict, previous_assignment: str, c: dict[str, Any]) -> dict:
         gate = view["gate"]
         choices = [(f"{gate['option_text'].get(o, o)}  ({i})", o) for i, o in enumerate(gate["options"], 1)]
         updates.update({c["gate_question"]: f"<div class='sf-answer'><b>{esc(gate['question'])}</b></div>",
-                        c["gate_radio"]: gr.Radio(choices=choices, value=None), c["gate_value"]: ""})
+                        c["gate_radio"]: gr.Radio(choices=choices, value=None)})
     if stage == "rate":
         updates.update(_rate_updates(view, c))
     return updates
@@ -320,7 +319,8 @@ def _rate_updates(view: dict, c: dict[str, Any]) -> dict:
     scale = [(f"{p['label']}  ({p['key'] or i})", p["value"]) for i, p in enumerate(view["scale"], 1)]
     shortcomings = [(s["label"], s["value"]) for s in view["shortcomings"]]
     answer = view.get("answer", "")
-    answer_line = f"<div class='sf-answer'>Answer: <b>{esc(answer)}</b></div>" if answer else ""
+    answer_text = view.get("answer_text") or answer
+    answer_line = f"<div class='sf-answer'>Answer: <b>{esc(answer_text)}</b></div>" if answer else ""
     if view.get("gate_answer") and answer and view["gate_answer"].lower() != answer.lower():
         answer_line += "<div class='sf-answer'>(Your answer was different; please rate as if this answer " \
                        "were correct.)</div>"
@@ -330,14 +330,13 @@ def _rate_updates(view: dict, c: dict[str, Any]) -> dict:
                c["block_b"]: gr.Column(visible=len(explanations) > 1)}
     for index, slot in enumerate("ab"):
         entry = explanations[index] if index < len(explanations) else {"slot": slot.upper(), "text": ""}
-        own_answer = f"<div class='sf-answer'>Answer: <b>{esc(entry['answer'])}</b></div>" if entry.get("answer") else ""
+        own_answer = (f"<div class='sf-answer'>Answer: <b>{esc(entry.get('answer_text') or entry['answer'])}</b></div>"
+                      if entry.get("answer") else "")
         updates.update({
             c[f"expl_{slot}"]: f"<div class='sf-slot'>Explanation {esc(entry['slot'])}</div>{own_answer}"
                                f"<div class='sf-expl'>{esc(entry['text'])}</div>",
             c[f"rating_{slot}"]: gr.Radio(choices=scale, value=None),
-            c[f"rating_{slot}_value"]: "",
             c[f"short_{slot}"]: gr.CheckboxGroup(choices=shortcomings, value=[], visible=bool(shortcomings)),
-            c[f"short_{slot}_value"]: "[]",
         })
     return updates
 

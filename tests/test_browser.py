@@ -43,6 +43,7 @@ def served(tmp_path_factory):
     hostile = write_predictions(folder / "hostile.jsonl", records)
     store = Store(folder / "studies.db")
     studies = {"clean": store.create_study(clean, StudySettings(per_label=1, items_per_page=2, name="clean")),
+               "evil": store.create_study(clean, StudySettings(preset="evil", per_label=1, name="evil")),
                "hostile": store.create_study(hostile, StudySettings(per_label=1, name="hostile"))}
     demo = build_app(folder / "studies.db", "pw", models_dir=folder, quickstart_predictions=folder / "none.jsonl")
     port = free_port()
@@ -82,7 +83,7 @@ def test_complete_an_item_with_the_keyboard(served, browser):
     page.keyboard.press(str(options.index(gold) + 1))
     page.keyboard.press("Enter")
     page.wait_for_selector("#sf-rating-a input[type=radio]", state="visible", timeout=20000)
-    assert gold in page.locator("#sf-answer").inner_text()
+    assert gold in page.locator("#sf-answer").inner_text().lower()
     page.wait_for_timeout(800)  # let the "pending" fade of the last event finish before the screenshot
     Path(ROOT / "docs").mkdir(exist_ok=True)
     page.screenshot(path=str(ROOT / "docs" / "annotate.png"), full_page=True)
@@ -155,4 +156,31 @@ def test_admin_creates_a_study_and_issues_links(served, browser, tmp_path):
     assert {l.split("token=")[1] for l in links} == {a["token"] for a in store.db["annotators"].rows_where(
         "study_id = ?", [study_id])}
     assert all(l.startswith(served["url"] + "?token=") for l in links)
+    page.close()
+
+
+def test_shortcomings_checklist_is_required_and_stored(served, browser):
+    store: Store = served["store"]
+    annotator = store.add_annotators(served["studies"]["evil"], 1)[0]
+    page = browser.new_page(viewport={"width": 1200, "height": 1200})
+    page.goto(f"{served['url']}?token={annotator.token}")
+    page.wait_for_selector("#sf-gate input[type=radio]", timeout=30000)
+    gold, options = current_gold(store, annotator.id)
+    page.keyboard.press(str(options.index(gold) + 1))
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#sf-rating-a input[type=radio]", state="visible", timeout=20000)
+    page.keyboard.press("2")
+    page.keyboard.press("4")
+    page.locator("#sf-short-a input[type=checkbox]").nth(0).check()  # Restates the input
+    page.keyboard.press("Enter")  # B has no shortcomings ticked: refused, the choices stay
+    page.wait_for_function("(document.querySelector('#sf-message')?.innerText || '').includes('Explanation B')")
+    assert page.locator("#sf-rating-a input[type=radio]").nth(1).is_checked()
+    page.locator("#sf-short-b input[type=checkbox]").nth(1).check()  # Insufficient justification
+    page.locator("#sf-short-b input[type=checkbox]").nth(2).check()  # Confusing or wrong
+    page.locator("#sf-submit").click()
+    page.wait_for_function("document.querySelector('#sf-progress').innerText.trim() === 'Item 2 of 10'")
+    rows = list(store.db.query("SELECT shown_position, rating, shortcomings_json FROM ratings "
+                               "WHERE annotator_id = ? ORDER BY shown_position", [annotator.id]))
+    assert [(r["shown_position"], r["rating"], json.loads(r["shortcomings_json"])) for r in rows] == [
+        (1, "weak_yes", ["restates_input"]), (2, "no", ["insufficient", "confusing_or_wrong"])]
     page.close()
