@@ -19,7 +19,7 @@ import gradio as gr
 
 from annotation import admin
 from annotation.errors import AnnotationError
-from annotation.flow import AnnotatorFlow
+from annotation.flow import AnnotatorFlow, field_title
 from annotation.protocol import list_presets
 from annotation.store import Store, StudySettings
 
@@ -540,16 +540,30 @@ def _load_predictor(model: str, allowed: list[str], progress=None):
     return _PREDICTORS[model]
 
 
+def _run_label(run: str, models_dir: Path) -> str:
+    try:
+        return f"run: {Path(run).relative_to(models_dir)}"
+    except ValueError:
+        return f"run: {run}"
+
+
+def _field_label(name: str) -> str:
+    return f"Choice {name}" if len(name) == 1 else field_title(name)
+
+
 def _demo_tab(models_dir: Path) -> None:
     gr.Markdown("Type an input and see the model's predicted label and explanation. The first use loads the "
                 "model (about a minute for the default).")
     with gr.Row():
-        model = gr.Dropdown(BUILTIN_MODELS + list_runs(models_dir), value="default", label="Model",
-                            allow_custom_value=False)
+        runs = list_runs(models_dir)
+        quickstart = next((r for r in runs if Path(r).name == "quickstart"), None)
+        # the base model is not fine-tuned to explain; the quickstart run is, so it is the default when present
+        model = gr.Dropdown(BUILTIN_MODELS + [(_run_label(r, models_dir), r) for r in runs],
+                            value=quickstart or "default", label="Model", allow_custom_value=False)
         dataset = gr.Dropdown(DEMO_DATASETS, value="esnli", label="Task")
         load = gr.Button("Load model")
     load_status = gr.Markdown("")
-    fields = [gr.Textbox(label=name.capitalize(), visible=True, lines=2) for name in DEMO_FIELDS["esnli"]]
+    fields = [gr.Textbox(label=_field_label(name), visible=True, lines=2) for name in DEMO_FIELDS["esnli"]]
     fields += [gr.Textbox(visible=False, lines=1) for _ in range(DEMO_MAX_FIELDS - len(fields))]
     predict = gr.Button("Predict and explain", variant="primary")
     with gr.Row():
@@ -573,8 +587,8 @@ def _demo_tab(models_dir: Path) -> None:
 
     def show_fields(model_name: str, task: str):
         names = field_names(model_name, task)[:DEMO_MAX_FIELDS]
-        return [gr.Textbox(label=names[i].capitalize() if len(names[i]) > 1 else f"Choice {names[i]}",
-                           visible=True) if i < len(names) else gr.Textbox(visible=False, value="")
+        return [gr.Textbox(label=_field_label(names[i]), visible=True) if i < len(names)
+                else gr.Textbox(visible=False, value="")
                 for i in range(DEMO_MAX_FIELDS)]
 
     def load_model(model_name: str, progress=gr.Progress()) -> str:
