@@ -52,18 +52,26 @@ CSS = """
 KEYBOARD_JS = """
 () => {
   const visible = (el) => el && el.offsetParent !== null;
-  let focusSlot = null;
-  const mark = (slot) => {
-    focusSlot = slot;
+  let clickedSlot = null;  // an explanation the annotator clicked; else keys go to the first unrated one
+  const highlight = (slot) => {
     for (const s of ['a', 'b']) {
       const box = document.getElementById('sf-block-' + s);
       if (box) box.classList.toggle('sf-focus', s === slot);
     }
   };
+  const checked = (groupId) => {
+    const group = document.getElementById(groupId);
+    return group && group.querySelector('input[type=radio]:checked');
+  };
+  const nextSlot = () => {
+    const hasB = visible(document.getElementById('sf-rating-b'));
+    if (!checked('sf-rating-a') || !hasB) return 'a';
+    return 'b';
+  };
   document.addEventListener('click', (event) => {
     for (const s of ['a', 'b']) {
       const box = document.getElementById('sf-block-' + s);
-      if (box && box.contains(event.target)) mark(s);
+      if (box && box.contains(event.target)) { clickedSlot = s; highlight(s); }
     }
   }, true);
   const pick = (groupId, index) => {
@@ -74,35 +82,34 @@ KEYBOARD_JS = """
     inputs[index].click();
     return true;
   };
-  const checked = (groupId) => {
-    const group = document.getElementById(groupId);
-    return group && group.querySelector('input[type=radio]:checked');
-  };
   document.addEventListener('keydown', (event) => {
     const target = event.target;
     const typing = target && (target.tagName === 'TEXTAREA' ||
       (target.tagName === 'INPUT' && target.type !== 'radio' && target.type !== 'checkbox'));
-    if (typing) return;
-    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
     if (/^[1-9]$/.test(event.key)) {
       const index = Number(event.key) - 1;
       if (pick('sf-gate', index)) { event.preventDefault(); event.stopPropagation(); return; }
-      const rateB = document.getElementById('sf-rating-b');
-      let slot = focusSlot;
-      if (!slot || (slot === 'b' && !visible(rateB))) {
-        slot = (checked('sf-rating-a') && visible(rateB)) ? 'b' : 'a';
-      }
+      const slot = clickedSlot || nextSlot();
       if (pick('sf-rating-' + slot, index)) {
         event.preventDefault();
         event.stopPropagation();
-        if (slot === 'a' && visible(rateB) && !checked('sf-rating-b')) mark('b'); else mark(slot);
+        clickedSlot = null;
+        highlight(nextSlot());
       }
       return;
     }
     if (event.key === 'Enter') {
       for (const id of ['sf-gate-continue', 'sf-submit']) {
         const button = document.getElementById(id);
-        if (visible(button)) { event.preventDefault(); event.stopPropagation(); button.click(); return; }
+        if (visible(button)) {
+          event.preventDefault();
+          event.stopPropagation();
+          clickedSlot = null;
+          highlight(null);
+          button.click();
+          return;
+        }
       }
     }
   }, true);  // capture phase: a focused checkbox would otherwise toggle on Enter before we submit

@@ -100,6 +100,16 @@ def test_complete_an_item_with_the_keyboard(served, browser):
     assert [(r["shown_position"], r["rating"]) for r in rows] == [(1, "yes"), (2, "weak_no")]
     assert all(r["seconds_spent"] > 0 for r in rows)
     page.wait_for_selector("#sf-gate input[type=radio]", state="visible")  # the next item starts at its gate
+    # the last item of the page: then thanks and the completion code
+    gold, options = current_gold(store, annotator.id)
+    page.keyboard.press(str(options.index(gold) + 1))
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#sf-rating-b input[type=radio]", state="visible", timeout=20000)
+    for key in ("2", "2", "Enter"):
+        page.keyboard.press(key)
+    page.wait_for_selector("#sf-completion-code", timeout=20000)
+    assert page.locator("#sf-completion-code").inner_text() == store.study(served["studies"]["clean"])["completion_code"]
+    assert not page.locator("#sf-submit").is_visible()
     page.close()
 
 
