@@ -141,3 +141,23 @@ def test_save_load_merge_reproduces_trained_outputs(kind, tmp_path):
                 if isinstance(m, torch.nn.Linear) and n != "lm_head")
     assert zeros >= round(0.3 * sum(m.weight.numel() for n, m in merged.named_modules()
                                     if isinstance(m, torch.nn.Linear) and n != "lm_head"))
+
+
+def test_no_grad_forward_cache_follows_updates_and_pruning():
+    base, arch = MODELS["t5"]()
+    method = get_method("dsee", lora_r=4, sparse_n=8, prune="unstructured", prune_sparsity=0.3, prune_at=0.5)
+    model = method.prepare(base, arch)
+    batch = batch_for(arch, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 3):  # step 1 changes LoRA/S in place, step 2 (of 2) also prunes
+        with torch.no_grad():
+            before = model(**batch).logits
+            for w in wrappers(model).values():
+                if w.rank:
+                    w.lora_B.add_(torch.rand(w.lora_B.shape, generator=gen))
+                    w.sparse_values.add_(1.0)
+            method.after_step(model, step, 2)
+            cached = model(**batch).logits
+        assert not torch.equal(before, cached), step
+        assert torch.equal(cached, model(**batch).logits.detach()), step
+    assert method.pruned

@@ -225,3 +225,22 @@ def test_poe_mask_training_through_the_training_loop(model_id):
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     for w in wrappers(model).values():
         assert int((~w.current_mask()).sum()) == round(0.4 * w.mask.numel())
+
+
+def test_no_grad_forward_cache_follows_every_update():
+    """Generation reuses the masked weight between no-grad forwards; a score update or a schedule step
+    made without any grad-enabled forward in between must still refresh it."""
+    base, arch = tiny_t5()
+    method = get_method("mask", sparsity=0.6, schedule="cubic", initial_sparsity=0.0, schedule_end=1.0)
+    model = method.prepare(base, arch)
+    batch = batch_for(arch, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 4):
+        with torch.no_grad():
+            before = model(**batch).logits
+            for w in wrappers(model).values():  # an optimizer-like in-place update
+                w.mask_scores.add_(torch.rand(w.mask_scores.shape, generator=gen))
+            method.after_step(model, step, 3)
+            cached = model(**batch).logits
+        assert not torch.equal(before, cached), step
+        assert torch.equal(cached, model(**batch).logits.detach()), step  # grad path: no cache

@@ -102,7 +102,15 @@ class DSEELinear(LinearWrapper):
             weight = weight * self.prune_mask.to(weight.dtype)
         return weight
 
+    def state_key(self) -> tuple:
+        tensors = [getattr(self, n, None) for n in ("lora_A", "lora_B", "sparse_values")]
+        return (self.base.weight._version, *(t._version for t in tensors if t is not None),
+                id(getattr(self, "sparse_support", None)), id(self.prune_mask))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return F.linear(x, self.inference_weight(), self.base.bias)
+        self.drop_inference_weight()
         return F.linear(x, self.effective_weight(), self.base.bias)
 
 

@@ -142,6 +142,21 @@ class LinearWrapper(nn.Module):
     def effective_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def state_key(self) -> tuple:
+        """Changes whenever effective_weight() would: tensor versions (bumped by in-place updates) and ids."""
+        raise NotImplementedError
+
+    def inference_weight(self) -> torch.Tensor:
+        """effective_weight(), computed once per state for no-grad forwards (generation runs many)."""
+        key = self.state_key()
+        if getattr(self, "_inference_key", None) != key:
+            self._inference_weight = self.effective_weight().detach()
+            self._inference_key = key
+        return self._inference_weight
+
+    def drop_inference_weight(self) -> None:
+        self._inference_weight, self._inference_key = None, None
+
 
 # --- the method ---------------------------------------------------------------------------------------
 class MaskedLinear(LinearWrapper):
@@ -177,9 +192,16 @@ class MaskedLinear(LinearWrapper):
     def effective_weight(self) -> torch.Tensor:
         return self.base.weight * self.current_mask().to(self.base.weight.dtype)
 
+    def state_key(self) -> tuple:
+        self.current_mask()
+        return (self._mask_key, id(self.mask), self.base.weight._version)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return F.linear(x, self.inference_weight(), self.base.bias)
+        self.drop_inference_weight()
         mask = self.current_mask().to(self.base.weight.dtype)
-        if torch.is_grad_enabled() and self.mask_scores.requires_grad:
+        if self.mask_scores.requires_grad:
             scores = self.mask_scores.to(mask.dtype)
             mask = mask + (scores - scores.detach())  # value: the binary mask; gradient: straight through
         return F.linear(x, self.base.weight * mask, self.base.bias)
