@@ -10,7 +10,9 @@ speed and memory mean anything (the loss does not). Every method trains the same
 
 What is measured, per method: the median wall time of a training step (forward, backward, optimizer step,
 after_step; CUDA-synchronised) after `--warmup` steps, and `torch.cuda.max_memory_allocated` from before
-`prepare` to the end (tensors only, not the CUDA context). On CPU (--tiny) memory is the process RSS
+the method's copy of the model is made to the end (tensors only, not the CUDA context; it includes the
+resident fp32 base model, ~2.8 GiB for T5-large, kept for the next method, so differences between methods
+are what they add). On CPU (--tiny) memory is the process RSS
 after the steps (psutil), a much coarser number. Reported as measured; nothing is extrapolated.
 """
 

@@ -161,3 +161,32 @@ def test_no_grad_forward_cache_follows_updates_and_pruning():
         assert not torch.equal(before, cached), step
         assert torch.equal(cached, model(**batch).logits.detach()), step
     assert method.pruned
+
+
+def test_dsee_round_trip_through_the_checkpoint_files(tmp_path):
+    """Real training loop + save_delta / load_delta on the tiny decoder-only backbone: the reloaded model
+    (GoDec recomputed in prepare, then the saved support and masks adopted) gives the trained outputs."""
+    from sparsefit.backbones import load_backbone
+    from sparsefit.checkpoint import load_delta, save_delta
+    from sparsefit.config import TrainConfig
+    from sparsefit.train import train
+    backbone = load_backbone("tiny-causal")
+    options = {"lora_r": 4, "sparse_n": 16, "prune": "heads", "prune_sparsity": 0.25}
+    method = get_method("dsee", **options)
+    model = method.prepare(copy.deepcopy(backbone.model), backbone.arch)
+    train(backbone, method, model, ["explain nli hypothesis: a dog runs premise: a dog is running"] * 2,
+          ["entailment because running is what the dog does"] * 2,
+          TrainConfig(lr=0.01, steps=2, batch_size=2, threads=1), progress=False)
+    assert method.pruned
+    save_delta(tmp_path, method, model, {"base_model": "tiny-causal", "base_fingerprint": backbone.fingerprint,
+                                         "method_options": options})
+    batch = batch_for(backbone.arch, seed=5)
+    batch["input_ids"] = batch["input_ids"] % backbone.model.config.vocab_size
+    with torch.no_grad():
+        expected = model(input_ids=batch["input_ids"]).logits
+    _, loaded, loaded_method, manifest = load_delta(tmp_path)
+    assert manifest["method"] == "dsee"
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=batch["input_ids"]).logits, expected, atol=1e-5)
+        merged = loaded_method.merge(loaded)
+        assert torch.allclose(merged(input_ids=batch["input_ids"]).logits, expected, atol=1e-5)
