@@ -107,7 +107,7 @@ class Store:
         self.path = Path(path)
         self.clock = clock
         self._local = threading.local()
-        open_db(self.path)  # create the schema once, up front
+        self._local.db = open_db(self.path)  # creates the schema up front; this thread's connection
 
     @property
     def db(self) -> sqlite_utils.Database:
