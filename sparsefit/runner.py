@@ -92,11 +92,9 @@ def score(examples: Sequence, generations: Generations, config: RunConfig):
 
 
 def per_item_metrics(scores, index: int) -> dict[str, float | None]:
-    out = {}
-    for name in ("bertscore_f1", "bleu", "meteor"):
-        values = getattr(scores, name, None)
-        out[name] = None if values is None else values[index]
-    return out
+    """The record's `metrics` field; all null when the predictions were not scored."""
+    from sparsefit.metrics import METRIC_NAMES
+    return scores.item_metrics(index) if scores is not None else dict.fromkeys(METRIC_NAMES)
 
 
 def build_records(examples, prompts, generations: Generations, scores, config: RunConfig,
@@ -109,7 +107,7 @@ def build_records(examples, prompts, generations: Generations, scores, config: R
         pred_explanation=generations.explanations[i], raw_generation=generations.raw[i],
         correct=generations.correct[i], model=config.model, method=config.method,
         trainable_percent=trainable_percent, seed=config.seed, metrics=per_item_metrics(scores, i),
-        label_options=labels, scorer=dict(getattr(scores, "scorers", {}) or {}))
+        label_options=labels, scorer=dict(scores.scorers) if scores is not None else None)
         for i, e in enumerate(examples)]
 
 
