@@ -144,12 +144,25 @@ def finished_result(folder: Path, config: Any) -> dict[str, Any] | None:
 EpisodeFn = Callable[..., dict]
 
 
+def check_variants(variants: Sequence[Variant]) -> None:
+    """Build every variant's method once before any episode runs, so a bad option in the last variant does
+    not surface hours later (and an option a method's constructor rejects becomes a one-line error)."""
+    from sparsefit.methods import get_method
+    for variant in variants:
+        try:
+            get_method(variant.config.method, **variant.config.method_options)
+        except TypeError as err:
+            raise SparseFitError(f"method '{variant.config.method}' does not accept the options "
+                                 f"{variant.config.method_options} ({err})", field="method_options") from err
+
+
 def run_episodes(variants: Sequence[Variant], out_root: str | Path, seeds: Sequence[int], *,
                  progress: bool = True, episode_fn: EpisodeFn | None = None) -> list[dict[str, Any]]:
     """Run (or reuse) every (variant, seed) episode; returns one results dict per episode, in order."""
     from tqdm import tqdm
     if episode_fn is None:
         from sparsefit.runner import run_episode as episode_fn
+    check_variants(variants)
     out_root = Path(out_root)
     rows: list[dict[str, Any]] = []
     backbone, backbone_id = None, None

@@ -117,6 +117,13 @@ def test_resumed_run_gives_the_same_table(uninterrupted, tmp_path):
     assert again.calls == []
 
 
+def test_bad_options_of_any_variant_fail_before_the_first_episode(tmp_path):
+    good, bad = tiny_config("mask", sparsity=0.3), tiny_config("sparsefit", sparsity=0.3)
+    with pytest.raises(SparseFitError, match="sparsity"):
+        run_episodes(make_variants([good, bad]), tmp_path, SEEDS, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
 def test_resume_refuses_a_folder_of_another_configuration(uninterrupted):
     out, _ = uninterrupted
     changed = tiny_config("sparsefit")
