@@ -215,6 +215,13 @@ def test_nm_export_of_a_finished_run(uninterrupted):
     written = json.loads((Path(report["out"]) / "nm_report.json").read_text())
     assert written["pattern"] == "2:4"
     assert sum(1 for _ in (Path(report["out"]) / "predictions.jsonl").open()) == results["n_eval"]
+    done = subprocess.run([sys.executable, "-m", "sparsefit", "nm-export", "--run", str(run_dir), "--pattern", "8:2:8",
+                           "--no-eval", "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "8:2:8:" in done.stdout and ("not measured" in done.stdout) != torch.cuda.is_available()
+    vnm = json.loads((run_dir / "nm-8-2-8" / "nm_report.json").read_text())
+    assert vnm["pruning"]["sparsity"] >= 0.75 and "pruned" not in vnm
     # the export prunes a copy: the run's own delta still loads to the dense model
     _, model, method, _ = load_delta(run_dir)
     merged = method.merge(model)
