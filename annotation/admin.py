@@ -6,7 +6,6 @@ Plain functions (no Gradio) so the CLI and the web app share them. Torch-free at
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from pathlib import Path
 from typing import Any, Callable
@@ -14,21 +13,12 @@ from urllib.parse import urlencode
 
 from annotation.errors import AnnotationError
 from annotation.store import Store, StudySettings
+from sparsefit.paths import models_dir as default_models_dir  # noqa: F401 (torch-free)
+from sparsefit.paths import quickstart_predictions_path as quickstart_predictions  # noqa: F401
 
 QUICKSTART_STUDY = "quickstart"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def default_models_dir() -> Path:
-    """Mirrors sparsefit.backbones.models_dir() ($SPARSEFIT_MODELS_DIR, else models/ at the repository root),
-    which cannot be imported here: that module loads torch."""
-    env = os.environ.get("SPARSEFIT_MODELS_DIR")
-    return Path(env) if env else REPO_ROOT / "models"
-
-
-def quickstart_predictions() -> Path:
-    """Mirrors sparsefit.inference.quickstart_predictions_path() without importing torch."""
-    return default_models_dir() / "quickstart" / "predictions.jsonl"
 
 
 PROLIFIC_PLACEHOLDERS = {"PROLIFIC_PID": "{{%PROLIFIC_PID%}}", "STUDY_ID": "{{%STUDY_ID%}}",

@@ -22,6 +22,7 @@ from annotation.errors import AnnotationError
 from annotation.flow import AnnotatorFlow, field_title
 from annotation.protocol import list_presets
 from annotation.store import Store, StudySettings
+from sparsefit.inference import INPUT_FIELDS  # torch-free at import time
 
 CUSTOM_PRESET = "custom (upload a preset file)"
 DEMO_DATASETS = ["esnli", "comve", "ecqa", "sbic", "sample-nli"]
@@ -517,18 +518,13 @@ def _results_tab(db_path: str, gate: admin.AdminGate, password: gr.Textbox) -> N
 
 # ------------------------------------------------------------------------ demo
 
-DEMO_FIELDS = {"esnli": ["premise", "hypothesis"], "sample-nli": ["premise", "hypothesis"],
-               "comve": ["sent0", "sent1"], "ecqa": ["question", "A", "B", "C", "D", "E"], "sbic": ["post"]}
 _PREDICTORS: dict[str, Any] = {}  # cache: loaded models by name
 
 
 def list_runs(models_dir: Path) -> list[str]:
-    """Fine-tuned run folders under models/ (a manifest and a delta), as sparsefit.inference.list_checkpoints
-    finds them, but without importing torch."""
-    if not models_dir.is_dir():
-        return []
-    return sorted(str(p.parent) for p in models_dir.glob("**/delta.safetensors")
-                  if (p.parent / "manifest.json").exists())
+    """Fine-tuned run folders under models/ (a manifest and a delta); sorted by path for a stable menu."""
+    from sparsefit.paths import list_checkpoints  # torch-free
+    return sorted(list_checkpoints(models_dir))
 
 
 def _load_predictor(model: str, allowed: list[str], progress=None):
@@ -570,7 +566,7 @@ def _demo_tab(models_dir: Path) -> None:
         dataset = gr.Dropdown(DEMO_DATASETS, value="esnli", label="Task")
         load = gr.Button("Load model")
     load_status = gr.Markdown("")
-    fields = [gr.Textbox(label=_field_label(name), visible=True, lines=2) for name in DEMO_FIELDS["esnli"]]
+    fields = [gr.Textbox(label=_field_label(name), visible=True, lines=2) for name in INPUT_FIELDS["esnli"]]
     fields += [gr.Textbox(visible=False, lines=1) for _ in range(DEMO_MAX_FIELDS - len(fields))]
     predict = gr.Button("Predict and explain", variant="primary")
     with gr.Row():
@@ -590,7 +586,7 @@ def _demo_tab(models_dir: Path) -> None:
                 return list(predictor.input_fields(task))
             except Exception:  # a task this model was not set up for: fall back to the known layout
                 pass
-        return DEMO_FIELDS.get(task, ["input"])
+        return INPUT_FIELDS.get(task, ["input"])
 
     def show_fields(model_name: str, task: str):
         names = field_names(model_name, task)[:DEMO_MAX_FIELDS]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,16 +23,11 @@ from torch import nn
 
 from sparsefit.errors import SparseFitError
 from sparsefit.methods.base import Arch
+from sparsefit.paths import models_dir
 
 Progress = Callable[[float, str], None]
 DEFAULT_MODEL = "gemma-3-270m"
 TINY_MODELS = ("tiny-t5", "tiny-causal")
-
-
-def models_dir() -> Path:
-    """Where the tool writes artifacts: $SPARSEFIT_MODELS_DIR, else `models/` at the repository root."""
-    env = os.environ.get("SPARSEFIT_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "models"
 
 
 @dataclass

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsefit.errors import SparseFitError
+from sparsefit.paths import (QUICKSTART_RUN, list_checkpoints, quickstart_dir,  # noqa: F401 (re-exported)
+                             quickstart_predictions_path)
 
 Progress = Callable[[float, str], None]
 
@@ -17,16 +19,6 @@ INPUT_FIELDS = {
     "esnli": ["premise", "hypothesis"], "sample-nli": ["premise", "hypothesis"], "comve": ["sent0", "sent1"],
     "sbic": ["post"], "ecqa": ["question", "A", "B", "C", "D", "E"],
 }
-QUICKSTART_RUN = "quickstart"
-
-
-def quickstart_dir() -> Path:
-    from sparsefit.backbones import models_dir
-    return models_dir() / QUICKSTART_RUN
-
-
-def quickstart_predictions_path() -> Path:
-    return quickstart_dir() / "predictions.jsonl"
 
 
 def quickstart_config():
@@ -53,14 +45,6 @@ def build_quickstart(progress: Progress | None = None, out_dir: str | Path | Non
     run_episode(quickstart_config(), out, backbone=backbone)
     report(1.0, "Quickstart predictions written")
     return out / "predictions.jsonl"
-
-
-def list_checkpoints(models_dir: str | Path | None = None) -> list[str]:
-    """Run folders (with a manifest and a delta) under models/, newest first."""
-    from sparsefit.backbones import models_dir as default_dir
-    root = Path(models_dir) if models_dir else default_dir()
-    runs = [p.parent for p in root.glob("**/delta.safetensors") if (p.parent / "manifest.json").exists()]
-    return [str(p) for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
 @dataclass
