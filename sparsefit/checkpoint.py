@@ -7,7 +7,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from sparsefit.errors import SparseFitError
@@ -57,7 +56,8 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
 def load_delta(run_dir: str | Path, backbone=None, *, progress=None):
     """Rebuild a trained model: base model (checked by fingerprint) + method.prepare + saved tensors.
 
-    Returns (backbone, model, method, manifest). Loading onto a different base model is refused.
+    Returns (backbone, model, method, manifest). Loading onto a different base model is refused. A given
+    `backbone` is used in place (its model becomes the trained one): pass a fresh one, or none.
     """
     from safetensors.torch import load_file
     from sparsefit.backbones import load_backbone
@@ -78,7 +78,3 @@ def load_delta(run_dir: str | Path, backbone=None, *, progress=None):
     method.load_trained(model, load_file(str(run_dir / DELTA_FILE)))
     model.eval()
     return backbone, model, method, manifest
-
-
-def tensors_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -132,6 +132,7 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
         method.total_steps = train_config.steps
     model = copy.deepcopy(backbone.model)
     total = count_parameters(model)[1]
+    torch.manual_seed(config.seed)  # adapter / score initialisation must not depend on what ran before
     model = method.prepare(model, backbone.arch)
     trainable = count_parameters(model)[0]
     trainable_percent = 100.0 * trainable / total

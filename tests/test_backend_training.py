@@ -118,3 +118,5 @@ def test_unknown_method_and_option_are_named():
         get_method("lroa")
     with pytest.raises(SparseFitError, match="takes no options"):
         get_method("full", r=4)
+    with pytest.raises(SparseFitError, match="bad option for method 'sparsefit'.*sparsity"):
+        get_method("sparsefit", sparsity=0.3)

@@ -111,7 +111,10 @@ def get_method(name: str, **options: Any) -> SparseMethod:
     if name not in _REGISTRY:
         raise SparseFitError(f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}",
                              field="method")
-    return _REGISTRY[name](**options)
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as err:  # an option the method's constructor does not take (e.g. a typo)
+        raise SparseFitError(f"bad option for method '{name}': {err}", field="method_options") from err
 
 
 def freeze_all(model: nn.Module) -> None:
