@@ -1,7 +1,7 @@
 """The Gradio app: Demo, Annotate, Admin and Results tabs.
 
 Public API (gradio_client) for the annotator flow, each returning a "view" dict (see annotation/flow.py
-and annotation/README.md): `annotator_start`, `annotator_answer_gate`, `annotator_submit`. Admin events
+and README.md): `annotator_start`, `annotator_answer_gate`, `annotator_submit`. Admin events
 are private (not callable by gradio clients) and check the password themselves; the demo's events are
 `demo_load_model` and `demo_predict`. Torch is imported only when the demo loads a model.
 """
