@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sparsefit.errors import with_location  # torch-free
+
 
 class AnnotationError(Exception):
     """A problem a user can act on: bad predictions or preset file, unknown link, item already taken.
@@ -13,11 +15,4 @@ class AnnotationError(Exception):
                  field: str | None = None):
         self.path, self.line, self.field = path, line, field
         self.reason = message  # without the location: what an annotator is shown
-        where = []
-        if path is not None:
-            where.append(str(path) + (f":{line}" if line is not None else ""))
-        elif line is not None:
-            where.append(f"line {line}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__((", ".join(where) + ": " if where else "") + message)
+        super().__init__(with_location(message, path=path, line=line, field=field))

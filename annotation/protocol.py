@@ -59,7 +59,7 @@ def validate_preset(data: Any, *, source: str = "<preset>") -> dict[str, Any]:
         raise fail("a preset must be a JSON object")
     for key, expected in REQUIRED_KEYS.items():
         if key not in data:
-            raise fail("missing required field (see "Protocol presets" in README.md)", key)
+            raise fail("missing required field (see 'Protocol presets' in README.md)", key)
         if not isinstance(data[key], expected):
             raise fail(f"expected {getattr(expected, '__name__', expected)}, got {type(data[key]).__name__}", key)
     if "{context}" not in data["question"]:

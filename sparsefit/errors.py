@@ -12,11 +12,17 @@ class SparseFitError(Exception):
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  field: str | None = None):
         self.path, self.line, self.field = path, line, field
-        where = []
-        if path is not None:
-            where.append(str(path) + (f":{line}" if line is not None else ""))
-        elif line is not None:
-            where.append(f"line {line}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__((", ".join(where) + ": " if where else "") + message)
+        super().__init__(with_location(message, path=path, line=line, field=field))
+
+
+def with_location(message: str, *, path: str | None = None, line: int | None = None,
+                  field: str | None = None) -> str:
+    """"file:line, field 'x': message" with whichever parts are known (shared by the annotation layer)."""
+    where = []
+    if path is not None:
+        where.append(str(path) + (f":{line}" if line is not None else ""))
+    elif line is not None:
+        where.append(f"line {line}")
+    if field is not None:
+        where.append(f"field '{field}'")
+    return (", ".join(where) + ": " if where else "") + message

@@ -1,6 +1,7 @@
 """Shared test setup: artifacts go to a temporary models folder, never into the repository's models/."""
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared dev data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def free_port() -> int:
+    """A free localhost port for launching an app under test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -12,7 +12,6 @@ import math
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -25,6 +24,7 @@ from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
 
 from annotation.analysis import QCSettings, analyze, format_report, run_analysis
 from annotation.schema import open_db
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -390,11 +390,6 @@ def test_app_cli_dispatches_to_the_analysis_commands(tmp_path):
 
 # ---------------------------------------------------------------- Results tab, really launched
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_results_tab_refuses_without_password_and_shows_tables(tmp_path):
     import gradio as gr
@@ -408,7 +403,7 @@ def test_results_tab_refuses_without_password_and_shows_tables(tmp_path):
         with gr.Tab("Results"):
             build_results_tab(str(builder.db_path), lambda p: p == "open-sesame", password)
     demo.queue()
-    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
         refused = client.predict("wrong", api_name="/results_studies")
