@@ -105,3 +105,26 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert str(tmp_path / "missing") in result.stderr
+
+
+def test_predict_and_evaluate_any_predictions_file(tmp_path):
+    from sparsefit.runner import evaluate_file, predict_to_file
+    run_dir = tmp_path / "run"
+    run_episode(_config("tiny-t5"), run_dir, progress=False, evaluate=False)
+    out = predict_to_file(str(run_dir), "sample-nli", None, "train", tmp_path / "preds.jsonl", n=5,
+                          score_outputs=False)
+    records = read_predictions(out)
+    assert len(records) == 5 and all(r.metrics["bertscore_f1"] is None for r in records)
+    assert all(r.method == "sparsefit" and r.model == "tiny-t5" for r in records)
+
+    # the evaluate command scores a file from any model: here, gold explanations as predictions score ~100
+    for record in records:
+        record.pred_explanation = record.gold_explanations[0]
+    from sparsefit.predictions import write_predictions
+    write_predictions(out, records)
+    result = _cli("evaluate", "--predictions", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["bertscore_all"] > 99 and summary["n"] == 5
+    scored = read_predictions(summary["written"])
+    assert all(r.metrics["bertscore_f1"] > 99 for r in scored) and "bertscore_f1" in scored[0].scorer
