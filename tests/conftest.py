@@ -2,14 +2,16 @@
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# Set before any sparsefit import, so every test (and subprocess) writes tiny models to one temp folder.
-_MODELS = Path(os.environ.setdefault("SPARSEFIT_TEST_MODELS_DIR", "/tmp/sparsefit-test-models"))
+# Set before any sparsefit import, so every test (and subprocess) writes tiny models to a fresh temp folder
+# of this session (a stale cache could hide a change to how tiny models are built).
+_MODELS = Path(os.environ.get("SPARSEFIT_TEST_MODELS_DIR") or tempfile.mkdtemp(prefix="sparsefit-test-models-"))
 os.environ["SPARSEFIT_MODELS_DIR"] = str(_MODELS)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
