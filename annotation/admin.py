@@ -76,12 +76,8 @@ def ensure_quickstart_study(store: Store, predictions: str | Path | None = None)
 
 def build_quickstart(store: Store, progress: Callable[[float, str], None] | None = None) -> str:
     """Run the backend's quickstart (minutes; loads torch) and create the demo study from its output."""
-    try:
-        from sparsefit.inference import build_quickstart as backend_build
-    except ImportError as err:
-        raise AnnotationError(f"the model backend is not available ({err}); install the project's "
-                              "requirements and try again") from err
     from sparsefit.errors import SparseFitError
+    from sparsefit.inference import build_quickstart as backend_build
 
     try:
         path = backend_build(progress=progress)
@@ -95,10 +91,7 @@ def build_quickstart(store: Store, progress: Callable[[float, str], None] | None
 
 def export(db_path: str | Path, study_id: str, fmt: str, out_path: str | Path) -> Path:
     """Export through the analysis module (`annotation.export.export_study`)."""
-    try:
-        from annotation.export import export_study
-    except ImportError as err:
-        raise AnnotationError("export is not available in this build (annotation.export is missing)") from err
+    from annotation.export import export_study
     if fmt not in ("csv", "jsonl", "parquet"):
         raise AnnotationError(f"unknown format {fmt!r}: use csv, jsonl or parquet", field="format")
     return Path(export_study(str(db_path), study_id, fmt, str(out_path)))

@@ -55,12 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     progress.add_argument("--study", required=True)
     progress.set_defaults(run=_annotators_progress)
 
-    try:
-        from annotation.analysis_cli import register_cli
-    except ImportError:
-        register_cli = None
-    if register_cli is not None:
-        register_cli(commands)
+    from annotation.analysis_cli import register_cli
+    register_cli(commands)  # analyze, export, import-ratings
     return parser
 
 

@@ -536,11 +536,8 @@ def _with_gold(options: list[str], gold_labels: list[str]) -> list[str]:
 
 def _backend_gate_question(dataset: str, inputs: dict[str, str] | None = None) -> dict[str, Any] | None:
     """`sparsefit.prompts.gate_question` (pure Python) when it knows the dataset; None otherwise."""
-    try:
-        from sparsefit.errors import SparseFitError
-        from sparsefit.prompts import gate_question
-    except ImportError:
-        return None
+    from sparsefit.errors import SparseFitError
+    from sparsefit.prompts import gate_question  # pure Python, no torch
     try:
         answer = gate_question(dataset, inputs)
     except (SparseFitError, LookupError, ValueError, TypeError):  # a user task the backend does not know

@@ -508,11 +508,7 @@ def _need_study(study_id: str | None) -> str:
 
 
 def _results_tab(db_path: str, gate: admin.AdminGate, password: gr.Textbox) -> None:
-    try:
-        from annotation.results_ui import build_results_tab
-    except ImportError:
-        gr.Markdown("Results analysis is not available in this build (annotation/results_ui.py is missing).")
-        return
+    from annotation.results_ui import build_results_tab
     build_results_tab(db_path, gate.ok, password)
 
 
@@ -579,17 +575,11 @@ def _demo_tab(models_dir: Path) -> None:
     def allowed() -> list[str]:
         return BUILTIN_MODELS + list_runs(models_dir)
 
-    def field_names(model_name: str, task: str) -> list[str]:
-        predictor = _PREDICTORS.get(model_name)
-        if predictor is not None:
-            try:
-                return list(predictor.input_fields(task))
-            except Exception:  # a task this model was not set up for: fall back to the known layout
-                pass
+    def field_names(task: str) -> list[str]:
         return INPUT_FIELDS.get(task, ["input"])
 
     def show_fields(model_name: str, task: str):
-        names = field_names(model_name, task)[:DEMO_MAX_FIELDS]
+        names = field_names(task)[:DEMO_MAX_FIELDS]
         return [gr.Textbox(label=_field_label(names[i]), visible=True) if i < len(names)
                 else gr.Textbox(visible=False, value="")
                 for i in range(DEMO_MAX_FIELDS)]
@@ -602,7 +592,7 @@ def _demo_tab(models_dir: Path) -> None:
     def run(model_name: str, task: str, *values: str, progress=gr.Progress()):
         """demo_predict: label, explanation, prompt and raw generation for the typed inputs."""
         predictor = _load_predictor(model_name, allowed(), progress)
-        names = field_names(model_name, task)
+        names = field_names(task)
         inputs = {name: (values[i] or "").strip() for i, name in enumerate(names[:DEMO_MAX_FIELDS])}
         missing = [name for name, text in inputs.items() if not text]
         if missing:

@@ -228,12 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder (default models/quickstart)")
     p.set_defaults(func=cmd_quickstart)
 
-    try:
-        from sparsefit.experiments import register_cli
-    except ImportError:
-        register_cli = None
-    if register_cli is not None:
-        register_cli(sub)
+    from sparsefit.experiments import register_cli
+    register_cli(sub)  # episodes, grid, nm-export
     return parser
 
 
