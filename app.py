@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quickstart-predictions", default=None,
                         help="predictions file of the demo study (default: models/quickstart/predictions.jsonl)")
     parser.add_argument("--base-url", default="", help="public URL used in annotator links (default: this server)")
+    parser.add_argument("--build-quickstart", action="store_true",
+                        help="if the quickstart predictions are missing, build them first (default model, a few "
+                             "minutes, once) so the demo and the quickstart study are ready when the app opens")
     return parser.parse_args(argv)
 
 
@@ -53,8 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     except AnnotationError as err:
         study_id = None
         print(f"Quickstart study not created: {err}", flush=True)
+    if study_id is None and args.build_quickstart:
+        os.environ["SPARSEFIT_MODELS_DIR"] = str(models_dir)  # the backend writes where the app looks
+        print("Building the quickstart predictions (once; a few minutes on a CPU)...", flush=True)
+        try:
+            study_id = admin.build_quickstart(store, progress=lambda fraction, text: print(
+                f"  [{fraction:4.0%}] {text}", flush=True))
+        except AnnotationError as err:
+            print(f"Quickstart not built: {err}", flush=True)
     if study_id is None:
-        print(f"No quickstart predictions at {args.quickstart_predictions}: build them in the Admin tab.", flush=True)
+        print(f"No quickstart predictions at {args.quickstart_predictions}: build them in the Admin tab "
+              "(or start with --build-quickstart).", flush=True)
     demo = build_app(args.db, password, models_dir=models_dir,
                      quickstart_predictions=args.quickstart_predictions, base_url=args.base_url)
     demo.queue(default_concurrency_limit=8)
