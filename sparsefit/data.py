@@ -452,7 +452,8 @@ _ECQA_SPLITS = {"train": "train", "dev": "val", "validation": "val", "val": "val
 _CQA_SPLIT_FILES = {"train": "train_rand_split.jsonl", "val": "dev_rand_split.jsonl"}
 
 
-def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; bad encoding or JSON names the file and line."""
     for line, text in enumerate(_read_lines(path), start=1):
         if not text.strip():
             continue
@@ -502,7 +503,7 @@ def _load_ecqa(path: Path, split: str) -> tuple[list[Example], LoadReport]:
                              "in this folder or in its cqa/ subfolder", path=str(folder))
     questions: dict[str, dict[str, Any]] = {}
     for cqa_file in cqa_files:
-        for line, obj in _jsonl_objects(cqa_file):
+        for line, obj in jsonl_objects(cqa_file):
             question = _cqa_question(obj, cqa_file, line)
             questions.setdefault(question["id"], question)
     order = wanted if wanted is not None else list(questions)
@@ -522,7 +523,7 @@ def _load_ecqa(path: Path, split: str) -> tuple[list[Example], LoadReport]:
 
 def _ecqa_annotations(path: Path, report: LoadReport) -> dict[str, str]:
     annotations: dict[str, str] = {}
-    for line, obj in _jsonl_objects(path):
+    for line, obj in jsonl_objects(path):
         native_id = obj.get("id")
         if not isinstance(native_id, str) or not native_id.strip():
             raise SparseFitError("missing or non-string id", path=str(path), line=line, field="id")
@@ -743,7 +744,7 @@ def _clean_explanations(values: Sequence[Any], file: Path, line: int, name: str)
 
 
 def _generic_jsonl_rows(file: Path) -> Iterator[tuple[int, str | None, dict[str, str], str, tuple[str, ...]]]:
-    for line, obj in _jsonl_objects(file):
+    for line, obj in jsonl_objects(file):
         native_id = obj.get("id")
         if native_id is not None and not isinstance(native_id, (str, int)) or isinstance(native_id, bool):
             raise SparseFitError("id must be a string or an integer", path=str(file), line=line, field="id")

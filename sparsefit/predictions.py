@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from sparsefit.data import jsonl_objects
 from sparsefit.errors import SparseFitError
 
 REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -117,17 +118,7 @@ def read_predictions(path: str | Path) -> list[PredictionRecord]:
         raise SparseFitError("predictions file not found", path=str(path))
     records: list[PredictionRecord] = []
     seen: dict[str, int] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise SparseFitError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path)) from err
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SparseFitError(f"invalid JSON: {err.msg} (column {err.colno})", path=str(path), line=number) from err
+    for number, obj in jsonl_objects(path):
         record = validate_record(obj, path=str(path), line=number)
         if record.id in seen:
             raise SparseFitError(f"duplicate id {record.id!r} (first on line {seen[record.id]})",
