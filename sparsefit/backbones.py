@@ -11,7 +11,6 @@ Names understood by `load_backbone`:
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -51,6 +50,11 @@ def _report(progress: Progress | None, fraction: float, message: str) -> None:
 def arch_of(config: Any) -> Arch:
     kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
     return Arch(kind=kind, model_type=str(getattr(config, "model_type", "unknown")))
+
+
+def auto_model_class(arch: Arch):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    return AutoModelForSeq2SeqLM if arch.kind == "seq2seq" else AutoModelForCausalLM
 
 
 def fingerprint_model(model: nn.Module) -> str:
@@ -208,7 +212,7 @@ def resolve_model_path(model_id: str, progress: Progress | None = None) -> str:
 def load_backbone(model_id: str = "default", *, progress: Progress | None = None,
                   dtype: torch.dtype = torch.float32, device: str = "cpu") -> Backbone:
     """Load model + tokenizer. Hub ids need the hub (or its cache); local folders work offline."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     path = resolve_model_path(model_id, progress)
     _report(progress, 0.96, f"Loading {model_id}")
     started = time.perf_counter()
@@ -220,8 +224,7 @@ def load_backbone(model_id: str = "default", *, progress: Progress | None = None
                              f"Hugging Face hub is not reachable or has no such id ({err.__class__.__name__})",
                              field="model") from err
     arch = arch_of(config)
-    loader = AutoModelForSeq2SeqLM if arch.kind == "seq2seq" else AutoModelForCausalLM
-    model = loader.from_pretrained(path, dtype=dtype).to(device)
+    model = auto_model_class(arch).from_pretrained(path, dtype=dtype).to(device)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -233,22 +236,13 @@ def load_backbone(model_id: str = "default", *, progress: Progress | None = None
 
 def meta_model(model_id: str) -> tuple[nn.Module, Arch]:
     """Instantiate a model on the meta device from its config alone (no weights): for parameter counts."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-    path = resolve_model_path(model_id) if model_id in TINY_MODELS else model_id
-    if model_id in ("default", DEFAULT_MODEL):
-        path = str(default_model_dir()) if default_model_dir().exists() else str(ensure_default_model())
+    from transformers import AutoConfig
+    path = resolve_model_path(model_id)
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as err:
         raise SparseFitError(f"cannot read a config.json for {model_id!r}", field="model") from err
     arch = arch_of(config)
-    loader = AutoModelForSeq2SeqLM if arch.kind == "seq2seq" else AutoModelForCausalLM
     with torch.device("meta"):
-        model = loader.from_config(config)
+        model = auto_model_class(arch).from_config(config)
     return model, arch
-
-
-def model_summary(backbone: Backbone) -> dict[str, Any]:
-    config = backbone.model.config
-    return {"model": backbone.model_id, "model_type": backbone.arch.model_type, "kind": backbone.arch.kind,
-            "fingerprint": backbone.fingerprint, "config": json.loads(config.to_json_string())}

@@ -39,11 +39,19 @@ def save_delta(out_dir: str | Path, method: SparseMethod, model: nn.Module, mani
         raise SparseFitError(f"method '{method.name}' reported no trained tensors to save")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / DELTA_FILE),
               metadata={"method": method.name, "base_fingerprint": manifest.get("base_fingerprint", "")})
-    manifest = {**manifest, "method": method.name, "selection": method.selection(),
-                "saved_tensors": len(tensors), "saved_parameters": sum(t.numel() for t in tensors.values()),
-                "versions": library_versions()}
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    write_manifest(out, method, {**manifest, "saved_tensors": len(tensors),
+                                 "saved_parameters": sum(t.numel() for t in tensors.values())})
     return out
+
+
+def write_manifest(out_dir: str | Path, method: SparseMethod, manifest: dict[str, Any]) -> Path:
+    """manifest.json with the method, its selection and library versions (alone for methods that train nothing)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {**manifest, "method": method.name, "selection": method.selection(), "versions": library_versions()}
+    path = out / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:

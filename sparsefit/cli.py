@@ -68,7 +68,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def default_out_dir(config) -> Path:
-    from sparsefit.backbones import models_dir
+    from sparsefit.paths import models_dir
     name = config.name or f"{config.dataset}-{config.method}-{Path(config.model).name}-{config.seed}"
     return models_dir() / "runs" / name
 
@@ -77,7 +77,7 @@ def default_out_dir(config) -> Path:
 
 def cmd_data(args: argparse.Namespace) -> None:
     from sparsefit.data import dataset_stats, load_examples_with_report
-    from sparsefit.prompts import format_input, format_target
+    from sparsefit.prompts import render_example
     examples, report = load_examples_with_report(args.dataset, args.path, args.split)
     if args.data_command == "stats":
         stats = {**dataset_stats(examples), "source": report.path, "left_out": report.skipped}
@@ -93,10 +93,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     if not 0 <= args.index < len(examples):
         raise SparseFitError(f"index {args.index} out of range: the split has {len(examples)} examples",
                              field="--index")
-    example = examples[args.index]
-    shown = {"id": example.id, "input": format_input(example), "target": format_target(example),
-             "target_all_references": format_target(example, all_references=True), "label": example.label,
-             "explanations": list(example.explanations), "inputs": example.inputs}
+    shown = render_example(examples[args.index])
     if args.json:
         _print_json(shown)
     else:
@@ -169,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
-    from sparsefit.inference import build_quickstart, quickstart_dir
+    from sparsefit.inference import build_quickstart
     path = build_quickstart(out_dir=args.out)
     results = json.loads((path.parent / "results.json").read_text())
     _print_summary(results, path.parent)

@@ -132,8 +132,8 @@ def finished_result(folder: Path, config: Any) -> dict[str, Any] | None:
     if stored_config.exists():
         stored = json.loads(stored_config.read_text(encoding="utf-8"))
         if _comparable(stored) != _comparable(json.loads(json.dumps(config.to_dict(), default=str))):
-            raise SparseFitError(f"this folder holds a finished episode of a different configuration; use another "
-                                 f"--out or remove the folder", path=str(stored_config))
+            raise SparseFitError("this folder holds a finished episode of a different configuration; use another "
+                                 "--out or remove the folder", path=str(stored_config))
     try:
         return json.loads(results_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsefit.errors import SparseFitError
-from sparsefit.paths import (QUICKSTART_RUN, list_checkpoints, quickstart_dir,  # noqa: F401 (re-exported)
-                             quickstart_predictions_path)
+from sparsefit.paths import QUICKSTART_RUN, quickstart_dir
 
 Progress = Callable[[float, str], None]
 

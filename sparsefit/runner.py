@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from sparsefit.backbones import Backbone, load_backbone
-from sparsefit.checkpoint import save_delta
+from sparsefit.checkpoint import save_delta, write_manifest
 from sparsefit.config import RunConfig, save_run_config
-from sparsefit.errors import SparseFitError
 from sparsefit.methods.base import count_parameters, get_method
 from sparsefit.predictions import PredictionRecord, write_predictions
 
@@ -151,7 +150,7 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
         "trainable": trainable, "total": total, "trainable_percent": trainable_percent,
     }
     if in_context:
-        (out / "manifest.json").write_text(json.dumps({**manifest, "method": config.method}, indent=2) + "\n")
+        write_manifest(out, method, manifest)
     else:
         save_delta(out, method, model, manifest)
     summary: dict[str, Any] = {}
@@ -194,7 +193,6 @@ def predict_to_file(run: str, dataset: str, data_path: str | None, split: str, o
     """Predict a dataset split with a saved run (or a base model id) and write a predictions file."""
     from sparsefit.checkpoint import MANIFEST_FILE, load_delta
     from sparsefit.data import load_examples
-    from sparsefit.methods.base import count_parameters
     examples = load_examples(dataset, data_path, split)[: n or None]
     if (Path(run) / MANIFEST_FILE).exists():
         backbone, model, method, manifest = load_delta(run)

@@ -61,6 +61,9 @@ def test_icl_reference_point_trains_nothing(tmp_path):
     assert results["trainable"] == 0 and results["train_seconds"] == 0
     record = read_predictions(tmp_path / "predictions.jsonl")[0]
     assert record.prompt.count("explain nli hypothesis:") == 4  # three demonstrations + the query
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["method"] == "icl" and "torch" in manifest["versions"]
+    assert not (tmp_path / "delta.safetensors").exists()
 
 
 def test_config_typo_names_file_and_field(tmp_path):
@@ -108,7 +111,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_predict_and_evaluate_any_predictions_file(tmp_path):
-    from sparsefit.runner import evaluate_file, predict_to_file
+    from sparsefit.runner import predict_to_file
     run_dir = tmp_path / "run"
     run_episode(_config("tiny-t5"), run_dir, progress=False, evaluate=False)
     out = predict_to_file(str(run_dir), "sample-nli", None, "train", tmp_path / "preds.jsonl", n=5,

@@ -6,7 +6,6 @@ The episodes run for real (sample task, tiny T5, 2 training steps, 4 eval exampl
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import statistics
