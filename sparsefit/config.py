@@ -66,6 +66,9 @@ class RunConfig:
     icl_shots: int = 3  # for method "icl" (in-context prompting, no training)
     scorer: dict[str, Any] = field(default_factory=dict)  # ScorerConfig fields (sparsefit.metrics)
     name: str | None = None
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N  (sparsefit.device)
+    dtype: str = "float32"  # float32 | bfloat16 (weights and compute)
+    compile: bool = False  # torch.compile the model for training (falls back with a message if it fails)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
