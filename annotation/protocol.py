@@ -2,7 +2,7 @@
 
 A study copies its whole preset into `studies.protocol_json`, so analysis and exports read the wording,
 scale and score mapping from the study itself. Built-in presets live in `annotation/presets/*.json`;
-a user-defined preset is any JSON file with the same fields (README documents them).
+a user-defined preset is any JSON file with the same fields (docs/annotation.md documents them).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def validate_preset(data: Any, *, source: str = "<preset>") -> dict[str, Any]:
         raise fail("a preset must be a JSON object")
     for key, expected in REQUIRED_KEYS.items():
         if key not in data:
-            raise fail("missing required field (see 'Protocol presets' in README.md)", key)
+            raise fail("missing required field (see 'Protocol presets' in docs/annotation.md)", key)
         if not isinstance(data[key], expected):
             raise fail(f"expected {getattr(expected, '__name__', expected)}, got {type(data[key]).__name__}", key)
     if "{context}" not in data["question"]:
