@@ -3,6 +3,9 @@
 Every statistic comes back as a `Stat`: a value, or `None` plus the reason it is undefined, so reports
 never print NaN. Input for agreement is a count table: one row per item, one column per category,
 cell = how many raters put that item in that category (rows may have different totals).
+
+numpy only (scipy is not imported: it costs about a second at start-up, and `analyze` is a CLI); the rank
+correlations are checked against scipy in tests/test_agreement.py.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 
 @dataclass
@@ -174,7 +176,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or _constant(x) or _constant(y):
         return None
-    rx, ry = scipy_stats.rankdata(x), scipy_stats.rankdata(y)
+    rx, ry = rankdata(x), rankdata(y)
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
@@ -183,7 +185,53 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or _constant(x) or _constant(y):
         return None
-    return float(scipy_stats.kendalltau(x, y, variant="b").statistic)
+    return kendall_tau_b(x, y)
+
+
+def rankdata(values: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based; ties share the mean of their ranks), as scipy.stats.rankdata."""
+    _, inverse, counts = np.unique(np.asarray(values, float), return_inverse=True, return_counts=True)
+    below = np.cumsum(counts) - counts
+    return (below + (counts + 1) / 2.0)[inverse]
+
+
+def _tied_pairs(values: np.ndarray) -> int:
+    _, counts = np.unique(values, return_counts=True)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def count_inversions(ranks: np.ndarray) -> int:
+    """Pairs i < j with ranks[i] > ranks[j] (strict), by a bottom-up merge sort vectorised per level."""
+    ranks = np.asarray(ranks, np.int64)
+    n = ranks.size
+    size = 1 << max(0, (n - 1).bit_length())
+    blocks = np.full(size, n + 1, np.int64)       # padding sorts last and inverts with nothing
+    blocks[:n] = ranks
+    inversions, width, stride = 0, 1, n + 2
+    while width < size:
+        pairs = blocks.reshape(-1, 2, width)
+        offset = (np.arange(pairs.shape[0], dtype=np.int64) * stride)[:, None]
+        left = (pairs[:, 0, :] + offset).ravel()  # each left block is sorted; offsets keep the rows apart
+        not_above = np.searchsorted(left, (pairs[:, 1, :] + offset).ravel(), side="right")
+        not_above -= np.repeat(np.arange(pairs.shape[0]) * width, width)
+        inversions += int((width - not_above).sum())
+        blocks = np.sort(pairs.reshape(-1, 2 * width), axis=1).ravel()
+        width *= 2
+    return inversions
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b in O(n log n) (Knight 1966), equal to scipy.stats.kendalltau(variant='b')."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = x.size
+    order = np.lexsort((y, x))                    # by x, then y: tied-x pairs are never inversions
+    y_ranks = np.unique(y, return_inverse=True)[1].ravel()
+    discordant = count_inversions(y_ranks[order])
+    pairs = n * (n - 1) // 2
+    x_ties, y_ties = _tied_pairs(x), _tied_pairs(y)
+    joint = _tied_pairs(np.unique(np.stack([x, y], axis=1), axis=0, return_inverse=True)[1].ravel())
+    numerator = pairs - x_ties - y_ties + joint - 2 * discordant
+    return float(numerator / math.sqrt((pairs - x_ties) * (pairs - y_ties)))
 
 
 CORRELATIONS = {"spearman": spearman, "kendall": kendall}
@@ -262,3 +310,117 @@ def _resample_ranks(weights: np.ndarray, order: np.ndarray, starts: np.ndarray, 
     group_weight = np.add.reduceat(weights[:, order], starts, axis=1)
     below = np.cumsum(group_weight, axis=1) - group_weight
     return (below + (group_weight + 1.0) / 2.0)[:, inverse]
+
+
+def resample_weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of n elements was drawn in each resample (rows of idx) -> (resamples, n) floats."""
+    rows = idx.shape[0]
+    flat = np.bincount((idx + np.arange(rows)[:, None] * n).ravel(), minlength=rows * n)
+    return flat.reshape(rows, n).astype(float)
+
+
+MAX_KENDALL_LEVELS = 64
+
+
+def bootstrap_kendall(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b on each resample (row of idx), from draw counts when one side has few distinct values.
+
+    Item scores take few values (sums of a few ratings), so with k distinct values of the coarser variable
+    the concordant-minus-discordant count of a resample is built level by level from weighted cumulative
+    sums over the other variable's order: O(k x resamples x n), no sort per resample.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if np.unique(x).size > np.unique(y).size:
+        x, y = y, x
+    levels, level_of = np.unique(x, return_inverse=True)
+    if levels.size > MAX_KENDALL_LEVELS:
+        return np.array([_tau_or_nan(x[row], y[row]) for row in idx])
+    weights = resample_weights(idx, x.size)
+    y_groups, y_group_of = np.unique(y, return_inverse=True)
+    group_count = y_groups.size
+    below = np.zeros((weights.shape[0], group_count))     # weight of lower-x items per y group
+    numerator = np.zeros(weights.shape[0])
+    for level in range(levels.size):
+        members = np.flatnonzero(level_of == level)
+        level_weights = weights[:, members]
+        cumulative = np.cumsum(below, axis=1)
+        less = cumulative - below                          # lower x and strictly lower y
+        greater = cumulative[:, -1:] - cumulative          # lower x and strictly higher y
+        groups = y_group_of[members]
+        numerator += (level_weights * (less[:, groups] - greater[:, groups])).sum(axis=1)
+        _add_columns(below, groups, level_weights)
+    total = weights.sum(axis=1)
+    pairs = total * (total - 1) / 2
+    level_totals = np.stack([weights[:, level_of == level].sum(axis=1) for level in range(levels.size)], axis=1)
+    x_ties = (level_totals * (level_totals - 1) / 2).sum(axis=1)
+    group_totals = np.zeros((weights.shape[0], group_count))
+    _add_columns(group_totals, y_group_of, weights)
+    y_ties = (group_totals * (group_totals - 1) / 2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return numerator / np.sqrt((pairs - x_ties) * (pairs - y_ties))
+
+
+def _add_columns(target: np.ndarray, columns: np.ndarray, values: np.ndarray) -> None:
+    """target[:, columns[j]] += values[:, j] for every j (repeated columns add up)."""
+    order = np.argsort(columns, kind="stable")
+    sorted_columns = columns[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(sorted_columns) != 0])
+    target[:, sorted_columns[starts]] += np.add.reduceat(values[:, order], starts, axis=1)
+
+
+def _tau_or_nan(x: np.ndarray, y: np.ndarray) -> float:
+    value = kendall(x, y)
+    return np.nan if value is None else value
+
+
+def rowwise_ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks within each row of a (rows, few columns) array; a row with NaN gets NaN ranks."""
+    values = np.asarray(values, float)
+    less = (values[:, :, None] > values[:, None, :]).sum(axis=2)
+    equal = (values[:, :, None] == values[:, None, :]).sum(axis=2)
+    ranks = less + (equal + 1) / 2.0
+    ranks[np.isnan(values).any(axis=1)] = np.nan
+    return ranks
+
+
+def bootstrap_agreement(binary: np.ndarray, full: np.ndarray, modal: int | None,
+                        weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Fleiss' and Randolph's kappa (binary table, items with `modal` raters) and ordinal alpha (full table)
+    on each resample of items, given as draw counts (resamples x items). NaN where undefined."""
+    binary, full = np.asarray(binary, float), np.asarray(full, float)
+    rows = weights.shape[0]
+    out = {name: np.full(rows, np.nan) for name in ("fleiss", "randolph", "alpha")}
+    raters = binary.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if modal is not None and modal >= 2:
+            mask = raters == modal
+            table, drawn = binary[mask], weights[:, mask]
+            agreeing = ((table * table).sum(axis=1) - modal) / (modal * (modal - 1))
+            count = drawn.sum(axis=1)
+            observed = drawn @ agreeing / count
+            shares = (drawn @ table) / (count * modal)[:, None]
+            chance = (shares * shares).sum(axis=1)
+            fleiss = (observed - chance) / (1.0 - chance)
+            fleiss[chance >= 1.0 - 1e-12] = np.nan
+            out["fleiss"] = np.where(count >= 2, fleiss, np.nan)
+            uniform = 1.0 / table.shape[1]
+            out["randolph"] = np.where(count >= 2, (observed - uniform) / (1.0 - uniform), np.nan)
+        pairable = full.sum(axis=1) >= 2
+        if pairable.any():
+            table = full[pairable]
+            size = table.shape[1]
+            per_item = (table[:, :, None] * table[:, None, :] - table[:, :, None] * np.eye(size)[None]) / (
+                table.sum(axis=1) - 1.0)[:, None, None]
+            coincidence = (weights[:, pairable] @ per_item.reshape(len(table), -1)).reshape(rows, size, size)
+            marginals = coincidence.sum(axis=2)
+            total = marginals.sum(axis=1)
+            cumulative = np.concatenate([np.zeros((rows, 1)), np.cumsum(marginals, axis=1)], axis=1)
+            c, k = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+            low, high = np.minimum(c, k), np.maximum(c, k)
+            between = cumulative[:, high + 1] - cumulative[:, low]
+            delta = (between - (marginals[:, c] + marginals[:, k]) / 2.0) ** 2
+            expected = (marginals[:, :, None] * marginals[:, None, :] * delta).sum(axis=(1, 2))
+            observed = (coincidence * delta).sum(axis=(1, 2))
+            alpha = 1.0 - (total - 1.0) * observed / expected
+            out["alpha"] = np.where(expected > 0, alpha, np.nan)
+    return out

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from fractions import Fraction
+from math import lcm
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from annotation import agreement as agr
+from annotation import significance as sig
 from annotation.errors import AnnotationError
 
 QUESTIONS = ("model", "gold")
@@ -41,6 +44,10 @@ EXCLUSION_RULES = ("unknown_rating", "gate_wrong", "too_fast", "low_gold_accepta
 # bootstrap work cap for item-level correlations (resamples x items); keeps 100k ratings under 5 s
 CORRELATION_BOOT_BUDGET = 1_500_000
 MIN_CORRELATION_BOOT = 100
+# the same cap for agreement CIs and paired tests (per scope / pair); at least MIN_BOOT resamples each
+AGREEMENT_BOOT_BUDGET = 1_500_000
+TEST_BOOT_BUDGET = 1_500_000
+MIN_BOOT = 100
 
 
 @dataclass
@@ -159,6 +166,10 @@ class Scale:
     scores: dict[str, float]
     labels: dict[str, str]
     positive: set[str]
+    # exact scores: score = numerator / denominator with one common integer denominator, so item sums are
+    # integers and equal item scores (7/9 from any row order) are equal floats
+    numerators: dict[str, int] = field(default_factory=dict)
+    denominator: int = 1
 
     @classmethod
     def from_protocol(cls, protocol: dict[str, Any]) -> "Scale":
@@ -166,9 +177,20 @@ class Scale:
         if len(points) < 2:
             raise AnnotationError("the study's protocol has no rating scale", field="protocol.scale")
         ordered = sorted(points, key=lambda p: float(p["score"]))
+        fractions = {p["value"]: exact_score(float(p["score"])) for p in points}
+        denominator = lcm(*(f.denominator for f in fractions.values()))
         return cls([p["value"] for p in ordered], {p["value"]: float(p["score"]) for p in points},
                    {p["value"]: p.get("label", p["value"]) for p in points},
-                   set(protocol.get("binary_positive") or []))
+                   set(protocol.get("binary_positive") or []),
+                   {v: int(f * denominator) for v, f in fractions.items()}, denominator)
+
+
+def exact_score(score: float) -> Fraction:
+    """The simple fraction a preset meant (0.6666666666666666 -> 2/3), else the score to 1e-9."""
+    simple = Fraction(score).limit_denominator(1000)
+    if abs(float(simple) - score) <= 1e-12 * max(1.0, abs(score)):
+        return simple
+    return Fraction(round(score * 10**9), 10**9)
 
 
 def gate_filter_active(protocol: dict[str, Any], settings: QCSettings) -> bool:
@@ -182,6 +204,7 @@ def apply_qc(data: StudyData, scale: Scale, settings: QCSettings) -> tuple[pd.Da
     """Add score/binary/qc_exclusion columns to the ratings; return them and the QC section of the report."""
     ratings = data.ratings.copy()
     ratings["score"] = ratings["rating"].map(scale.scores)
+    ratings["score_numerator"] = ratings["rating"].map(scale.numerators)
     ratings["binary"] = ratings["rating"].isin(scale.positive).astype(int)
     exclusion = pd.Series(None, index=ratings.index, dtype=object)
 
@@ -235,20 +258,38 @@ def _gold_acceptance(ratings: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- scores
 
-def item_scores(kept: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """One row per item x question: mean mapped rating, number of ratings, joined with item fields."""
+def item_scores(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale | None = None) -> pd.DataFrame:
+    """One row per item x question: mean mapped rating, number of ratings, joined with item fields.
+
+    The item score is computed exactly (integer sum of score numerators / (ratings x common denominator),
+    one float division), so it does not depend on row order. Rows are sorted by record id, item id and
+    question: every later bootstrap sees items in an order fixed by the predictions, not by the database.
+    """
     grouped = kept.groupby(["item_id", "question"], sort=False)
-    table = grouped.agg(human_score=("score", "mean"), n_ratings=("score", "size"),
-                        positive_share=("binary", "mean")).reset_index()
-    return table.merge(items, on="item_id", how="left")
+    if scale is None or "score_numerator" not in kept:
+        table = grouped.agg(human_score=("score", "mean"), n_ratings=("score", "size"),
+                            positive_share=("binary", "mean")).reset_index()
+    else:
+        table = grouped.agg(score_sum=("score_numerator", "sum"), n_ratings=("score", "size"),
+                            positive_sum=("binary", "sum")).reset_index()
+        table["score_sum"] = table["score_sum"].astype(np.int64)
+        table["human_score"] = table["score_sum"].to_numpy(np.int64) / (
+            table["n_ratings"].to_numpy(np.int64) * scale.denominator)
+        table["positive_share"] = table["positive_sum"] / table["n_ratings"]
+        table = table.drop(columns=["positive_sum"])
+    table = table.merge(items, on="item_id", how="left")
+    return table.sort_values(["record_id", "item_id", "question"], kind="stable").reset_index(drop=True)
 
 
 def _summary(values: np.ndarray, rng: np.random.Generator | None, settings: QCSettings) -> dict[str, Any]:
-    """mean x100, std, stderr (and a bootstrap CI when rng is given) of item scores."""
+    """mean x100, std, stderr (and a bootstrap CI when rng is given) of item scores.
+
+    Sums are exact (math.fsum), so the numbers do not depend on the order of the items."""
     values = np.asarray(values, float) * 100
     n = int(values.size)
-    std = float(values.std(ddof=1)) if n >= 2 else None
-    out: dict[str, Any] = {"n_items": n, "mean": float(values.mean()) if n else None, "std": std,
+    mean = math.fsum(values) / n if n else None
+    std = math.sqrt(math.fsum((values - mean) ** 2) / (n - 1)) if n >= 2 else None
+    out: dict[str, Any] = {"n_items": n, "mean": mean, "std": std,
                            "stderr": std / math.sqrt(n) if std is not None else None}
     if rng is not None:
         if n >= 2:
@@ -260,10 +301,11 @@ def _summary(values: np.ndarray, rng: np.random.Generator | None, settings: QCSe
 
 
 def system_scores(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(settings.seed)
     rows = []
     for (model, method, dataset, question), group in scores.groupby(
             [*SYSTEM_KEYS, "question"], sort=True):
+        # one generator per group, from its key: a CI does not change when other systems come or go
+        rng = sig.stable_rng(settings.seed, "scores", model, method, dataset, question)
         rows.append({"model": model, "method": method, "dataset": dataset, "question": question,
                      "n_ratings": int(group["n_ratings"].sum()),
                      **_summary(group["human_score"].to_numpy(), rng, settings)})
@@ -327,21 +369,48 @@ def _parse_list(text: Any) -> list[str]:
 
 # ---------------------------------------------------------------- agreement
 
-def agreement_section(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale) -> list[dict[str, Any]]:
-    """Agreement per question, over all items and per system."""
-    with_system = kept.merge(items[["item_id", *SYSTEM_KEYS]], on="item_id", how="left")
+def agreement_section(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale,
+                      settings: QCSettings | None = None) -> list[dict[str, Any]]:
+    """Agreement per question: over all items, per dataset and per system (with bootstrap CIs over items
+    when settings are given; each scope has its own generator seeded from its key)."""
+    with_system = kept.merge(items[["item_id", "record_id", *SYSTEM_KEYS]], on="item_id", how="left")
+    with_system = with_system.sort_values(["record_id", "item_id"], kind="stable")
     rows = []
+
+    def add(scope: str, kind: str, question: str, ratings: pd.DataFrame) -> None:
+        rng = None if settings is None else sig.stable_rng(settings.seed, "agreement", question, kind, scope)
+        rows.append({"scope": scope, "scope_kind": kind, "question": question,
+                     **agreement_stats(ratings, scale, rng, settings)})
+
     for question, group in with_system.groupby("question", sort=True):
-        rows.append({"scope": "all", "question": question, **agreement_stats(group, scale)})
+        add("all", "all", question, group)
+        for dataset, sub in group.groupby("dataset", sort=True):
+            add(f"dataset {dataset}", "dataset", question, sub)
         for (model, method, dataset), sub in group.groupby(list(SYSTEM_KEYS), sort=True):
-            rows.append({"scope": f"{model} | {method} | {dataset}", "question": question,
-                         **agreement_stats(sub, scale)})
+            add(f"{model} | {method} | {dataset}", "system", question, sub)
     return rows
 
 
-def agreement_stats(ratings: pd.DataFrame, scale: Scale) -> dict[str, Any]:
-    """Kappas on the binary collapse (items with the modal rater count), alpha on the full scale."""
-    item_codes, item_index = pd.factorize(ratings["item_id"])
+def agreement_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per scope whose kappas left out items with an unusual number of raters."""
+    out = []
+    for row in rows:
+        dropped = row["items_dropped_for_kappa"]
+        if dropped and row["raters_per_item_for_kappa"]:
+            out.append(f"agreement [{row['question']}] {row['scope']}: the kappas use the "
+                       f"{row['items'] - dropped} items with {row['raters_per_item_for_kappa']} raters and leave "
+                       f"out {dropped} item(s) with another rater count ({row['rater_counts_dropped']}); "
+                       "Krippendorff's alpha uses them all")
+    return out
+
+
+def agreement_stats(ratings: pd.DataFrame, scale: Scale, rng: np.random.Generator | None = None,
+                    settings: QCSettings | None = None) -> dict[str, Any]:
+    """Kappas on the binary collapse (items with the modal rater count), alpha on the full scale.
+
+    With a generator: percentile bootstrap CIs for the two kappas and alpha, resampling items (the modal
+    rater count stays fixed; kappa items are those of the resample that have it)."""
+    item_codes, item_index = pd.factorize(ratings["item_id"], sort=False)
     n_items = len(item_index)
     binary = agr.count_table(item_codes, ratings["binary"].to_numpy(), n_items, 2)
     rank = {value: i for i, value in enumerate(scale.values)}
@@ -355,14 +424,26 @@ def agreement_stats(ratings: pd.DataFrame, scale: Scale) -> dict[str, Any]:
     else:
         kappa_table = binary[raters == modal]
         fleiss, randolph = agr.fleiss_kappa(kappa_table), agr.randolph_kappa(kappa_table)
+    alpha = agr.krippendorff_alpha_ordinal(full)
+    n_boot = 0
+    if rng is not None and settings is not None and n_items >= 2:
+        n_boot = sig.resample_count(settings.n_boot, n_items, AGREEMENT_BOOT_BUDGET, MIN_BOOT)
+        weights = agr.resample_weights(rng.integers(0, n_items, size=(n_boot, n_items)), n_items)
+        samples = agr.bootstrap_agreement(binary, full, modal, weights)
+        for stat, name in ((fleiss, "fleiss"), (randolph, "randolph"), (alpha, "alpha")):
+            if stat.value is not None:
+                stat.ci_low, stat.ci_high = agr.percentile_ci(samples[name], settings.ci_level)
+    dropped_counts = sorted({int(c) for c in raters[(raters != modal)]}) if modal else []
     return {
         "items": n_items,
         "items_with_2plus_raters": int((raters >= 2).sum()),
         "raters_per_item_for_kappa": modal,
         "items_dropped_for_kappa": int(n_items - len(kappa_table)),
+        "rater_counts_dropped": dropped_counts,
+        "n_boot": n_boot,
         "fleiss_kappa_binary": fleiss.to_json(),
         "randolph_free_marginal_kappa_binary": randolph.to_json(),
-        "krippendorff_alpha_ordinal": agr.krippendorff_alpha_ordinal(full).to_json(),
+        "krippendorff_alpha_ordinal": alpha.to_json(),
         "percent_agreement_binary": agr.percent_agreement(binary).to_json(),
         "percent_agreement_scale": agr.percent_agreement(full).to_json(),
         "unanimous_items_binary": agr.unanimous_items(binary),
@@ -374,12 +455,13 @@ def agreement_stats(ratings: pd.DataFrame, scale: Scale) -> dict[str, Any]:
 
 def correlation_section(scores: pd.DataFrame, metric_names: list[str], settings: QCSettings) -> dict[str, Any]:
     model_scores = scores[scores["question"] == "model"]
-    rng = np.random.default_rng(settings.seed + 1)
     item_level = []
     for metric in metric_names:
         paired = model_scores.dropna(subset=[f"metric_{metric}", "human_score"])
         human, auto = paired["human_score"].to_numpy(float), paired[f"metric_{metric}"].to_numpy(float)
+        rng = sig.stable_rng(settings.seed, "correlation", "item", metric)
         item_level.append({"metric": metric, **_item_correlations(human, auto, rng, settings)})
+    rng = sig.stable_rng(settings.seed, "correlation", "system", *metric_names)
     system_level = _system_correlations(model_scores, metric_names, rng, settings)
     return {"human_question": "model", "item_level": item_level, "system_level": system_level,
             "note": "item level pools all rated items; system level needs >= 3 systems and bootstraps items "
@@ -405,19 +487,9 @@ def _item_correlations(human: np.ndarray, auto: np.ndarray, rng: np.random.Gener
 
 def _bootstrap_correlation(human: np.ndarray, auto: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
     """The correlation on each resample (row of idx): vectorised where memory allows, else one by one."""
-    n_boot, n = idx.shape
     if name == "spearman":
         return agr.bootstrap_spearman(human, auto, idx)
-    if n * n <= 200_000:
-        rows = max(1, 4_000_000 // (n * n))
-        return np.concatenate([_rowwise_correlation(human[idx[i:i + rows]], auto[idx[i:i + rows]], name)
-                               for i in range(0, n_boot, rows)])
-    func = agr.CORRELATIONS[name]
-    samples = np.full(n_boot, np.nan)
-    for b in range(n_boot):
-        value = func(human[idx[b]], auto[idx[b]])
-        samples[b] = np.nan if value is None else value
-    return samples
+    return agr.bootstrap_kendall(human, auto, idx)
 
 
 def _system_correlations(model_scores: pd.DataFrame, metric_names: list[str], rng: np.random.Generator,
@@ -467,16 +539,153 @@ def _system_correlations(model_scores: pd.DataFrame, metric_names: list[str], rn
 
 def _rowwise_correlation(x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
     """Spearman or Kendall tau-b for each row of x against the same row of y (few columns)."""
-    from scipy.stats import rankdata
-
     with np.errstate(invalid="ignore", divide="ignore"):
         if name == "spearman":
-            rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+            rx, ry = agr.rowwise_ranks(x), agr.rowwise_ranks(y)
             rx, ry = rx - rx.mean(axis=1, keepdims=True), ry - ry.mean(axis=1, keepdims=True)
             return (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
         sx = np.sign(x[:, :, None] - x[:, None, :])
         sy = np.sign(y[:, :, None] - y[:, None, :])
         return (sx * sy).sum(axis=(1, 2)) / np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
+
+
+# ---------------------------------------------------------------- significance
+
+def significance_section(scores: pd.DataFrame, kept: pd.DataFrame, items: pd.DataFrame, scale: Scale,
+                         settings: QCSettings) -> dict[str, Any]:
+    """Paired tests: systems against each other on the inputs they share, and model vs gold explanations."""
+    return {"between_systems": _system_pairs(scores, settings),
+            "model_vs_gold": _model_vs_gold(kept, items, scale, settings),
+            "note": "paired over items: systems are matched on the same dataset and record id (same input), "
+                    "model vs gold on the same items rated by the same annotators; differences are x100; "
+                    "p_holm: Holm's correction over the rows of each list"}
+
+
+def _system_pairs(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, Any]]:
+    model_scores = scores[scores["question"] == "model"]
+    rows: list[dict[str, Any]] = []
+    for dataset, group in model_scores.groupby("dataset", sort=True):
+        per_system = {key: sub.groupby("record_id", sort=True)["human_score"].mean()
+                      for key, sub in group.groupby(["model", "method"], sort=True)}
+        keys = list(per_system)
+        for i, first in enumerate(keys):
+            for second in keys[i + 1:]:
+                a, b = per_system[first].align(per_system[second], join="inner")
+                if len(a) == 0:
+                    continue
+                rng = sig.stable_rng(settings.seed, "paired", dataset, *first, *second)
+                diffs = (a.to_numpy(float) - b.to_numpy(float)) * 100
+                test = sig.paired_test(diffs, sig.resample_count(settings.n_boot, len(diffs), TEST_BOOT_BUDGET,
+                                                                 MIN_BOOT), rng, settings.ci_level)
+                rows.append({"dataset": dataset, "a": {"model": first[0], "method": first[1]},
+                             "b": {"model": second[0], "method": second[1]}, "question": "model",
+                             **test.to_json()})
+    _add_holm(rows)
+    return rows
+
+
+def _model_vs_gold(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale, settings: QCSettings) -> list[dict]:
+    pair = ["item_id", "annotator_id"]
+    model = kept.loc[kept["question"] == "model", [*pair, "score_numerator"]]
+    gold = kept.loc[kept["question"] == "gold", [*pair, "score_numerator"]]
+    both = model.merge(gold, on=pair, suffixes=("_model", "_gold"))
+    if both.empty:
+        return []
+    both["diff"] = both["score_numerator_model"] - both["score_numerator_gold"]
+    per_item = both.groupby("item_id", sort=False).agg(diff_sum=("diff", "sum"), raters=("diff", "size"))
+    per_item = per_item.reset_index().merge(items[["item_id", "record_id", *SYSTEM_KEYS]], on="item_id")
+    per_item = per_item.sort_values(["record_id", "item_id"], kind="stable")
+    # exact per-item difference: integer sum over one common denominator, one division
+    per_item["diff"] = per_item["diff_sum"].to_numpy(np.int64) * 100 / (
+        per_item["raters"].to_numpy(np.int64) * scale.denominator)
+    rows = []
+    for (model_id, method, dataset), group in per_item.groupby(list(SYSTEM_KEYS), sort=True):
+        diffs = group["diff"].to_numpy(float)
+        rng = sig.stable_rng(settings.seed, "model_vs_gold", model_id, method, dataset)
+        test = sig.paired_test(diffs, sig.resample_count(settings.n_boot, len(diffs), TEST_BOOT_BUDGET, MIN_BOOT),
+                               rng, settings.ci_level)
+        rows.append({"model": model_id, "method": method, "dataset": dataset,
+                     "paired_ratings": int(group["raters"].sum()), **test.to_json()})
+    _add_holm(rows)
+    return rows
+
+
+def _add_holm(rows: list[dict[str, Any]]) -> None:
+    for name in ("p_permutation", "p_bootstrap"):
+        for row, adjusted in zip(rows, sig.holm([row[name] for row in rows])):
+            row[f"{name}_holm"] = adjusted
+
+
+# ---------------------------------------------------------------- FEB Table 3
+
+TABLE_FORMATS = ("text", "markdown", "latex", "json")
+
+
+def feb_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Dataset x (model, method) rows: model explanation score, gold explanation score, items, CIs, and
+    the Holm-corrected permutation p of model vs gold (the shape of FEB's Table 3)."""
+    scores = {(r["dataset"], r["model"], r["method"], r["question"]): r for r in report["scores"]}
+    tests = {(r["dataset"], r["model"], r["method"]): r
+             for r in (report.get("significance") or {}).get("model_vs_gold", [])}
+    rows = []
+    for dataset, model, method in sorted({key[:3] for key in scores}):
+        row: dict[str, Any] = {"dataset": dataset, "model": model, "method": method}
+        for question in QUESTIONS:
+            found = scores.get((dataset, model, method, question)) or {}
+            row[f"{question}_score"] = found.get("mean")
+            row[f"{question}_ci_low"] = found.get("ci_low")
+            row[f"{question}_ci_high"] = found.get("ci_high")
+            row[f"{question}_n_items"] = found.get("n_items", 0)
+            row[f"{question}_n_ratings"] = found.get("n_ratings", 0)
+        row["p_model_vs_gold_holm"] = (tests.get((dataset, model, method)) or {}).get("p_permutation_holm")
+        rows.append(row)
+    return rows
+
+
+def format_feb_table(report: dict[str, Any], fmt: str = "text") -> str:
+    """The FEB-Table-3-shaped table as text, Markdown, LaTeX (booktabs) or JSON."""
+    if fmt not in TABLE_FORMATS:
+        raise AnnotationError(f"unknown table format {fmt!r}: use one of {', '.join(TABLE_FORMATS)}", field="table")
+    rows = report.get("feb_table") or feb_table(report)
+    if fmt == "json":
+        return json.dumps(rows, indent=2, allow_nan=False, ensure_ascii=False)
+    level = int(round(report["settings"]["ci_level"] * 100))
+
+    def cell(row: dict, question: str, plus_minus: str) -> str:
+        if row[f"{question}_score"] is None:
+            return "-"
+        ci = (f" [{_num(row[f'{question}_ci_low'])}, {_num(row[f'{question}_ci_high'])}]"
+              if row[f"{question}_ci_low"] is not None else "")
+        return f"{row[f'{question}_score']:.1f}{ci}"
+
+    headers = ["dataset", "model", "method", f"model expl. ({level}% CI)", "n", f"gold expl. ({level}% CI)", "n",
+               "p (model vs gold, Holm)"]
+    body = [[r["dataset"], r["model"], r["method"], cell(r, "model", ""), str(r["model_n_items"]),
+             cell(r, "gold", ""), str(r["gold_n_items"]), _p(r["p_model_vs_gold_holm"])] for r in rows]
+    if fmt == "text":
+        return _table(headers, body)
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body])
+    lines = ["\\begin{tabular}{lll" + "r" * (len(headers) - 3) + "}", "\\toprule",
+             " & ".join(_latex(h) for h in headers) + " \\\\", "\\midrule"]
+    lines += [" & ".join(_latex(c) for c in row) + " \\\\" for row in body]
+    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"])
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+LATEX_ESCAPES = str.maketrans({"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                                "_": r"\_", "{": r"\{", "}": r"\}", "<": "$<$", "~": r"\textasciitilde{}",
+                                "^": r"\textasciicircum{}"})
+
+
+def _latex(text: str) -> str:
+    return text.translate(LATEX_ESCAPES)
 
 
 # ---------------------------------------------------------------- entry points
@@ -492,7 +701,7 @@ def run_analysis(db_path: str | Path, study_id: str, settings: QCSettings | None
     step(0.2, "quality control")
     ratings, qc = apply_qc(data, scale, settings)
     kept = ratings[ratings["qc_exclusion"].isna()]
-    scores = item_scores(kept, data.items)
+    scores = item_scores(kept, data.items, scale)
     step(0.35, "scores")
     report: dict[str, Any] = {
         "study": {"id": data.study["id"], "name": data.study.get("name"), "preset": data.study.get("preset"),
@@ -509,11 +718,23 @@ def run_analysis(db_path: str | Path, study_id: str, settings: QCSettings | None
         "shortcomings": shortcoming_frequencies(kept, data.items, data.protocol),
     }
     step(0.5, "agreement")
-    report["agreement"] = agreement_section(kept, data.items, scale)
-    step(0.7, "correlations")
+    report["agreement"] = agreement_section(kept, data.items, scale, settings)
+    step(0.65, "significance")
+    report["significance"] = significance_section(scores, kept, data.items, scale, settings)
+    step(0.75, "correlations")
     report["correlations"] = correlation_section(scores, data.metric_names, settings)
+    report["feb_table"] = feb_table(report)
+    report["warnings"] = analysis_warnings(report, settings)
     step(1.0, "done")
     return AnalysisResult(json_safe(report), scores, ratings)
+
+
+def analysis_warnings(report: dict[str, Any], settings: QCSettings) -> list[str]:
+    out = []
+    if settings.n_boot < MIN_BOOT:
+        out.append(f"only {settings.n_boot} bootstrap resamples: the intervals and p-values are not reliable "
+                   f"(use at least {MIN_BOOT}; 1000 is the default)")
+    return out + agreement_warnings(report["agreement"])
 
 
 def analyze(db_path: str | Path, study_id: str, settings: QCSettings | None = None) -> dict[str, Any]:
@@ -568,6 +789,10 @@ def format_report(report: dict[str, Any]) -> str:
     parts = [f"Study {study['id']} ({study.get('name') or 'unnamed'}, preset {study.get('preset')})",
              "Scale: " + ", ".join(f"{p['label']}={p['score']:.3g}" for p in study["scale"])
              + f"; positive (binary) = {', '.join(study['binary_positive'])}", ""]
+    for warning in report.get("warnings") or []:
+        parts.append(f"warning: {warning}")
+    if report.get("warnings"):
+        parts.append("")
     parts.append("Quality control")
     rules = qc["rules"]
     parts.append(f"  ratings {qc['ratings_total']}, kept {qc['ratings_kept']}; annotators {qc['annotators_total']}, "
@@ -615,6 +840,29 @@ def format_report(report: dict[str, Any]) -> str:
         parts.append(f"      percent agreement binary {format_stat(row['percent_agreement_binary'], 1)}, scale "
                      f"{format_stat(row['percent_agreement_scale'], 1)}; unanimous items binary "
                      f"{row['unanimous_items_binary']}, scale {row['unanimous_items_scale']}")
+    significance = report.get("significance")
+    if significance:
+        parts += ["", f"Paired tests (differences x100, {level}% bootstrap CI; p from the paired bootstrap and a "
+                      "sign-flip permutation over items; Holm-corrected within each list)"]
+        pairs = significance["between_systems"]
+        parts.append("  Systems on the same inputs (model explanations): "
+                     + ("none share inputs" if not pairs else ""))
+        if pairs:
+            parts.append(_table(["dataset", "A", "B", "items", "A - B", "CI", "p boot", "p perm", "p perm Holm"],
+                                [[r["dataset"], f"{r['a']['model']} {r['a']['method']}",
+                                  f"{r['b']['model']} {r['b']['method']}", str(r["n_items"]), _num(r["mean_diff"]),
+                                  f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _p(r["p_bootstrap"]),
+                                  _p(r["p_permutation"]), _p(r["p_permutation_holm"])] for r in pairs]))
+        tests = significance["model_vs_gold"]
+        if tests:
+            parts.append("  Model vs gold explanation (same items, same annotators):")
+            parts.append(_table(["model", "method", "dataset", "items", "model - gold", "CI", "p boot", "p perm",
+                                 "p perm Holm"],
+                                [[r["model"], r["method"], r["dataset"], str(r["n_items"]), _num(r["mean_diff"]),
+                                  f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _p(r["p_bootstrap"]),
+                                  _p(r["p_permutation"]), _p(r["p_permutation_holm"])] for r in tests]))
+    if report.get("feb_table"):
+        parts += ["", f"Table (FEB Table 3 shape: mean score x100 [{level}% CI], items)", format_feb_table(report)]
     corr = report["correlations"]
     parts += ["", f"Human (model explanations) vs automatic metrics ({level}% bootstrap CI)"]
     if not corr["item_level"]:

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -150,12 +151,13 @@ def random_study(db_path: Path, *, seed: int = 1, systems=(("t5-base", "sparsefi
 
 # ---------------------------------------------------------------- independent reference computations
 
-def reference_item_scores(builder: StudyBuilder, question: str) -> dict[str, list[float]]:
+def reference_item_scores(builder: StudyBuilder, question: str) -> dict[str, float]:
+    """Exact item means (fractions), so tied items are equal floats whatever the row order."""
     rows = builder.db.execute("SELECT item_id, rating FROM ratings WHERE question = ?", [question]).fetchall()
     scores = defaultdict(list)
     for item_id, rating in rows:
-        scores[item_id].append(SCORE[rating])
-    return {item: sum(v) / len(v) for item, v in scores.items()}
+        scores[item_id].append(Fraction(SCORE[rating]).limit_denominator(1000))
+    return {item: float(sum(v) / len(v)) for item, v in scores.items()}
 
 
 def find(rows, **where):
