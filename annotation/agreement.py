@@ -343,11 +343,13 @@ def bootstrap_kendall(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarr
     for level in range(levels.size):
         members = np.flatnonzero(level_of == level)
         level_weights = weights[:, members]
-        cumulative = np.cumsum(below, axis=1)
-        less = cumulative - below                          # lower x and strictly lower y
-        greater = cumulative[:, -1:] - cumulative          # lower x and strictly higher y
         groups = y_group_of[members]
-        numerator += (level_weights * (less[:, groups] - greater[:, groups])).sum(axis=1)
+        if level:
+            cumulative = np.cumsum(below, axis=1)
+            at_members = cumulative[:, groups]
+            less = at_members - below[:, groups]           # lower x and strictly lower y
+            greater = cumulative[:, -1:] - at_members      # lower x and strictly higher y
+            numerator += (level_weights * (less - greater)).sum(axis=1)
         _add_columns(below, groups, level_weights)
     total = weights.sum(axis=1)
     pairs = total * (total - 1) / 2
@@ -424,3 +426,28 @@ def bootstrap_agreement(binary: np.ndarray, full: np.ndarray, modal: int | None,
             alpha = 1.0 - (total - 1.0) * observed / expected
             out["alpha"] = np.where(expected > 0, alpha, np.nan)
     return out
+
+
+def bootstrap_agreement_resamples(binary: np.ndarray, full: np.ndarray, modal: int | None, n_boot: int,
+                                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """`bootstrap_agreement` over `n_boot` resamples of the items, drawn as counts of item *types*.
+
+    The kappas and alpha depend on a resample only through how many items of each distinct count row
+    (type) it holds, and resampling n items with replacement gives type counts ~ Multinomial(n, type
+    shares): the same distribution as drawing item indices, at a cost of resamples x types (types are
+    few: a handful of raters on a handful of scale points)."""
+    binary, full = np.asarray(binary), np.asarray(full)
+    types, inverse, counts = np.unique(np.concatenate([binary, full], axis=1), axis=0, return_inverse=True,
+                                       return_counts=True)
+    n = int(counts.sum())
+    draws = rng.multinomial(n, counts / n, size=n_boot).astype(float)
+    return bootstrap_agreement(types[:, :binary.shape[1]], types[:, binary.shape[1]:], modal, draws)
+
+
+def bootstrap_means_grouped(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of n_boot resamples with replacement, drawn as counts per distinct value (multinomial): the
+    same distribution as `bootstrap_means`, fast when values repeat (item scores take few values)."""
+    distinct, counts = np.unique(np.asarray(values, float), return_counts=True)
+    n = int(counts.sum())
+    draws = rng.multinomial(n, counts / n, size=n_boot)
+    return draws @ distinct / n

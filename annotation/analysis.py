@@ -44,10 +44,7 @@ EXCLUSION_RULES = ("unknown_rating", "gate_wrong", "too_fast", "low_gold_accepta
 # bootstrap work cap for item-level correlations (resamples x items); keeps 100k ratings under 5 s
 CORRELATION_BOOT_BUDGET = 1_500_000
 MIN_CORRELATION_BOOT = 100
-# the same cap for agreement CIs and paired tests (per scope / pair); at least MIN_BOOT resamples each
-AGREEMENT_BOOT_BUDGET = 1_500_000
-TEST_BOOT_BUDGET = 1_500_000
-MIN_BOOT = 100
+MIN_BOOT = 100  # fewer resamples give intervals that are mostly noise (the CLI refuses them)
 
 
 @dataclass
@@ -111,11 +108,16 @@ def load_study(db_path: str | Path, study_id: str, *, full: bool = False) -> Stu
         filled = ", ".join(f"COALESCE({c}, json_extract(record_json, '$.{'id' if c == 'record_id' else c}')) AS {c}"
                            for c in ITEM_FIELDS)
         try:
+            metric_names = _metric_names(conn, study_id)
+            # numeric metrics only (a string or boolean metric is not a score); parsed by SQLite, in C
+            paths = [f'$.metrics."{name}"' for name in metric_names]
+            metric_sql = "".join(f", CASE WHEN json_type(record_json, ?) IN ('integer', 'real') THEN "
+                                 f"json_extract(record_json, ?) END AS metric_{i}" for i in range(len(paths)))
             items = pd.read_sql_query(
                 f"SELECT id AS item_id, position, {filled}, json_extract(record_json, '$.pred_explanation') AS "
-                "pred_explanation, json_extract(record_json, '$.gold_explanations[0]') AS gold_explanation, "
-                "json_extract(record_json, '$.metrics') AS metrics_json FROM items WHERE study_id = ?",
-                conn, params=(study_id,))
+                "pred_explanation, json_extract(record_json, '$.gold_explanations[0]') AS gold_explanation"
+                f"{metric_sql} FROM items WHERE study_id = ?",
+                conn, params=(*(p for path in paths for p in (path, path)), study_id))
         except (sqlite3.OperationalError, pd.errors.DatabaseError) as err:
             raise AnnotationError(f"an item's predictions record is not valid JSON ({err})", path=str(db_path),
                                   field="items.record_json") from err
@@ -136,26 +138,30 @@ def load_study(db_path: str | Path, study_id: str, *, full: bool = False) -> Stu
     except json.JSONDecodeError as err:
         raise AnnotationError(f"the study's protocol snapshot is not valid JSON ({err.msg})",
                               path=str(db_path), field="studies.protocol_json") from err
-    items, metric_names = _expand_items(items)
+    items = _expand_items(items, metric_names)
     gate = {"answered": int(gate_rows[0] or 0), "wrong": int(gate_rows[1] or 0),
             "wrong_without_ratings": int(gate_rows[2] or 0)}
     return StudyData(study_row, protocol, items, ratings, gate, metric_names)
 
 
-def _expand_items(items: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Normalise item fields and add one metric_<name> column per numeric metric found in the records."""
+def _metric_names(conn: sqlite3.Connection, study_id: str) -> list[str]:
+    """Names of the numeric metrics found in the study's records: known ones first, then the rest sorted."""
+    found = {row[0] for row in conn.execute(
+        "SELECT DISTINCT j.key FROM items, json_each(items.record_json, '$.metrics') AS j WHERE items.study_id = ? "
+        "AND json_type(items.record_json, '$.metrics') = 'object' AND j.type IN ('integer', 'real')", (study_id,))
+        if isinstance(row[0], str) and '"' not in row[0]}
+    return [m for m in KNOWN_METRICS if m in found] + sorted(found - set(KNOWN_METRICS))
+
+
+def _expand_items(items: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
+    """Normalise item fields; name the metric columns metric_<name>."""
     items["correct"] = [None if pd.isna(c) else bool(c) for c in items["correct"]]
-    metrics = [json.loads(text) if isinstance(text, str) else {} for text in items["metrics_json"]]
-    metrics = [m if isinstance(m, dict) else {} for m in metrics]
-    found = {key for m in metrics for key, value in m.items()
-             if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    metric_names = [m for m in KNOWN_METRICS if m in found] + sorted(found - set(KNOWN_METRICS))
+    items = items.rename(columns={f"metric_{i}": f"metric_{name}" for i, name in enumerate(metric_names)})
     for name in metric_names:
-        items[f"metric_{name}"] = pd.to_numeric(pd.Series([m.get(name) for m in metrics], index=items.index),
-                                                errors="coerce")
+        items[f"metric_{name}"] = pd.to_numeric(items[f"metric_{name}"], errors="coerce").astype(float)
     for column in ("dataset", "model", "method", "gold_label"):
         items[column] = items[column].fillna("?").astype(str)
-    return items.drop(columns=["metrics_json"]), metric_names
+    return items
 
 
 # ---------------------------------------------------------------- protocol helpers
@@ -205,6 +211,7 @@ def apply_qc(data: StudyData, scale: Scale, settings: QCSettings) -> tuple[pd.Da
     ratings = data.ratings.copy()
     ratings["score"] = ratings["rating"].map(scale.scores)
     ratings["score_numerator"] = ratings["rating"].map(scale.numerators)
+    ratings["scale_rank"] = ratings["rating"].map({value: i for i, value in enumerate(scale.values)})
     ratings["binary"] = ratings["rating"].isin(scale.positive).astype(int)
     exclusion = pd.Series(None, index=ratings.index, dtype=object)
 
@@ -216,10 +223,12 @@ def apply_qc(data: StudyData, scale: Scale, settings: QCSettings) -> tuple[pd.Da
     if gate_on:
         mark(ratings["gate_correct"].fillna(1).astype(float) == 0, "gate_wrong")
     if settings.min_seconds > 0:
-        seconds = ratings["item_seconds"].astype(float)
-        # no assignment time: the rating rows' time (the app stores the item's time on each of them)
-        seconds = seconds.fillna(ratings.groupby(["item_id", "annotator_id"])["rating_seconds"]
-                                 .transform("max").astype(float))
+        seconds = pd.to_numeric(ratings["item_seconds"], errors="coerce").astype(float)
+        # no assignment time: the rating rows' time (the app stores the item's time on each of them);
+        # numeric before grouping, else an all-empty column takes pandas' slow per-group path
+        rating_seconds = pd.to_numeric(ratings["rating_seconds"], errors="coerce").astype(float)
+        seconds = seconds.fillna(rating_seconds.groupby([ratings["item_id"], ratings["annotator_id"]])
+                                 .transform("max"))
         mark(seconds < settings.min_seconds, "too_fast")
     survivors = ratings[exclusion.isna()]
     acceptance = _gold_acceptance(survivors)
@@ -293,7 +302,8 @@ def _summary(values: np.ndarray, rng: np.random.Generator | None, settings: QCSe
                            "stderr": std / math.sqrt(n) if std is not None else None}
     if rng is not None:
         if n >= 2:
-            low, high = agr.percentile_ci(agr.bootstrap_means(values, settings.n_boot, rng), settings.ci_level)
+            low, high = agr.percentile_ci(agr.bootstrap_means_grouped(values, settings.n_boot, rng),
+                                          settings.ci_level)
         else:
             low = high = None
         out.update(ci_low=low, ci_high=high)
@@ -413,9 +423,7 @@ def agreement_stats(ratings: pd.DataFrame, scale: Scale, rng: np.random.Generato
     item_codes, item_index = pd.factorize(ratings["item_id"], sort=False)
     n_items = len(item_index)
     binary = agr.count_table(item_codes, ratings["binary"].to_numpy(), n_items, 2)
-    rank = {value: i for i, value in enumerate(scale.values)}
-    full = agr.count_table(item_codes, ratings["rating"].map(rank).to_numpy().astype(int), n_items,
-                           len(scale.values))
+    full = agr.count_table(item_codes, ratings["scale_rank"].to_numpy().astype(int), n_items, len(scale.values))
     raters = binary.sum(axis=1)
     modal = agr.modal_rater_count(binary)
     if modal is None:
@@ -427,9 +435,8 @@ def agreement_stats(ratings: pd.DataFrame, scale: Scale, rng: np.random.Generato
     alpha = agr.krippendorff_alpha_ordinal(full)
     n_boot = 0
     if rng is not None and settings is not None and n_items >= 2:
-        n_boot = sig.resample_count(settings.n_boot, n_items, AGREEMENT_BOOT_BUDGET, MIN_BOOT)
-        weights = agr.resample_weights(rng.integers(0, n_items, size=(n_boot, n_items)), n_items)
-        samples = agr.bootstrap_agreement(binary, full, modal, weights)
+        n_boot = settings.n_boot
+        samples = agr.bootstrap_agreement_resamples(binary, full, modal, n_boot, rng)
         for stat, name in ((fleiss, "fleiss"), (randolph, "randolph"), (alpha, "alpha")):
             if stat.value is not None:
                 stat.ci_low, stat.ci_high = agr.percentile_ci(samples[name], settings.ci_level)
@@ -461,8 +468,7 @@ def correlation_section(scores: pd.DataFrame, metric_names: list[str], settings:
         human, auto = paired["human_score"].to_numpy(float), paired[f"metric_{metric}"].to_numpy(float)
         rng = sig.stable_rng(settings.seed, "correlation", "item", metric)
         item_level.append({"metric": metric, **_item_correlations(human, auto, rng, settings)})
-    rng = sig.stable_rng(settings.seed, "correlation", "system", *metric_names)
-    system_level = _system_correlations(model_scores, metric_names, rng, settings)
+    system_level = _system_correlations(model_scores, metric_names, settings)
     return {"human_question": "model", "item_level": item_level, "system_level": system_level,
             "note": "item level pools all rated items; system level needs >= 3 systems and bootstraps items "
                     "within each system"}
@@ -492,26 +498,28 @@ def _bootstrap_correlation(human: np.ndarray, auto: np.ndarray, idx: np.ndarray,
     return agr.bootstrap_kendall(human, auto, idx)
 
 
-def _system_correlations(model_scores: pd.DataFrame, metric_names: list[str], rng: np.random.Generator,
+def _system_correlations(model_scores: pd.DataFrame, metric_names: list[str],
                          settings: QCSettings) -> list[dict[str, Any]]:
     """Per metric: correlation of system means (human vs metric, over items having that metric).
 
-    CI: stratified bootstrap, resampling items inside each system (the same draws for every metric).
+    CI: stratified bootstrap, resampling items inside each system (the same draws for every metric; one
+    generator per system, from its key). Resamples: as for item level, capped by the items in all systems.
     """
     if not metric_names:
         return []
-    groups = [g for _, g in model_scores.groupby(list(SYSTEM_KEYS), sort=True)]
+    n_boot = sig.resample_count(settings.n_boot, len(model_scores), CORRELATION_BOOT_BUDGET, MIN_CORRELATION_BOOT)
+    groups = list(model_scores.groupby(list(SYSTEM_KEYS), sort=True))
     k = len(metric_names)
     point = np.full((len(groups), 2, k), np.nan)               # system x (human, metric) x metric
-    boot = np.full((settings.n_boot, len(groups), 2, k), np.nan)
-    for j, g in enumerate(groups):
+    boot = np.full((n_boot, len(groups), 2, k), np.nan)
+    for j, (key, g) in enumerate(groups):
+        rng = sig.stable_rng(settings.seed, "correlation", "system", *key)
         metric_values = g[[f"metric_{m}" for m in metric_names]].to_numpy(float)
         valid = np.isfinite(metric_values).astype(float)       # item x metric
         human = g["human_score"].to_numpy(float)[:, None] * valid
         columns = np.concatenate([human, np.nan_to_num(metric_values) * valid, valid], axis=1)
         n = len(g)
-        idx = rng.integers(0, n, size=(settings.n_boot, n)) + np.arange(settings.n_boot)[:, None] * n
-        draws = np.bincount(idx.ravel(), minlength=settings.n_boot * n).reshape(settings.n_boot, n)
+        draws = agr.resample_weights(rng.integers(0, n, size=(n_boot, n)), n)
         with np.errstate(invalid="ignore", divide="ignore"):
             sums = draws.astype(float) @ columns                # resample x (human | metric | count)
             boot[:, j, 0, :] = sums[:, :k] / sums[:, 2 * k:]
@@ -523,7 +531,7 @@ def _system_correlations(model_scores: pd.DataFrame, metric_names: list[str], rn
     for m, metric in enumerate(metric_names):
         present = np.isfinite(point[:, 1, m])
         n = int(present.sum())
-        row: dict[str, Any] = {"metric": metric, "n_systems": n}
+        row: dict[str, Any] = {"metric": metric, "n_systems": n, "n_boot": n_boot}
         human, auto = point[present, 0, m], point[present, 1, m]
         reason = f"needs at least 3 systems, got {n}" if n < 3 else agr.correlation_undefined_reason(human, auto)
         for name, func in agr.CORRELATIONS.items():
@@ -575,8 +583,7 @@ def _system_pairs(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, 
                     continue
                 rng = sig.stable_rng(settings.seed, "paired", dataset, *first, *second)
                 diffs = (a.to_numpy(float) - b.to_numpy(float)) * 100
-                test = sig.paired_test(diffs, sig.resample_count(settings.n_boot, len(diffs), TEST_BOOT_BUDGET,
-                                                                 MIN_BOOT), rng, settings.ci_level)
+                test = sig.paired_test(diffs, settings.n_boot, rng, settings.ci_level)
                 rows.append({"dataset": dataset, "a": {"model": first[0], "method": first[1]},
                              "b": {"model": second[0], "method": second[1]}, "question": "model",
                              **test.to_json()})
@@ -602,8 +609,7 @@ def _model_vs_gold(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale, settin
     for (model_id, method, dataset), group in per_item.groupby(list(SYSTEM_KEYS), sort=True):
         diffs = group["diff"].to_numpy(float)
         rng = sig.stable_rng(settings.seed, "model_vs_gold", model_id, method, dataset)
-        test = sig.paired_test(diffs, sig.resample_count(settings.n_boot, len(diffs), TEST_BOOT_BUDGET, MIN_BOOT),
-                               rng, settings.ci_level)
+        test = sig.paired_test(diffs, settings.n_boot, rng, settings.ci_level)
         rows.append({"model": model_id, "method": method, "dataset": dataset,
                      "paired_ratings": int(group["raters"].sum()), **test.to_json()})
     _add_holm(rows)
