@@ -29,6 +29,7 @@ from math import lcm
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -77,11 +78,23 @@ class AnalysisResult:
 # ---------------------------------------------------------------- loading
 
 def connect_readonly(db_path: str | Path) -> sqlite3.Connection:
+    """Open a study database read-only; never creates a file. Not a file / not SQLite / no study tables:
+    AnnotationError with one line saying so."""
     path = Path(db_path)
     if not path.exists():
-        raise AnnotationError("study database not found", path=str(path))
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    conn.execute("PRAGMA busy_timeout=30000")
+        raise AnnotationError("study database not found (check --db)", path=str(path))
+    if not path.is_file():
+        raise AnnotationError("is a directory, not a study database file (check --db)", path=str(path))
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=30)
+        conn.execute("PRAGMA busy_timeout=30000")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise AnnotationError(f"not a SQLite database ({err})", path=str(path)) from err
+    missing = {"studies", "items", "ratings", "assignments", "annotators"} - tables
+    if missing:
+        conn.close()
+        raise AnnotationError(f"not a study database (no table {', '.join(sorted(missing))})", path=str(path))
     return conn
 
 

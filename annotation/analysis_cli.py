@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from typing import Callable
 
 from annotation.errors import AnnotationError
+
+MIN_BOOTSTRAP = 100  # fewer resamples make a percentile interval mostly noise (--bootstrap 1: zero width)
+TABLE_FORMATS = ("text", "markdown", "latex", "json")
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +25,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     analyze = subparsers.add_parser("analyze", help="print a study's scores, agreement, QC and correlations")
     _add_study_args(analyze)
     analyze.add_argument("--json", action="store_true", help="print the report as JSON (no NaN)")
+    analyze.add_argument("--table", choices=TABLE_FORMATS, default=None,
+                         help="print only the FEB-Table-3-shaped table (dataset x model x method: model and gold "
+                              "explanation scores, CIs, items, model-vs-gold p) as text, markdown, latex or json")
     _add_qc_args(analyze)
     analyze.set_defaults(func=_guarded(cmd_analyze), run=cmd_analyze)
 
@@ -34,8 +41,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     imp = subparsers.add_parser("import-ratings", help="import ratings from a CSV (MTurk/Prolific); all or nothing")
     _add_study_args(imp)
-    imp.add_argument("--file", required=True, help="CSV with item, annotator, [question], rating, "
-                                                   "[shortcomings], [comment], [seconds] columns")
+    imp.add_argument("--file", required=True, help="CSV, JSONL or Parquet (by extension; an export of this tool "
+                                                   "works) with item, annotator, [question], rating, [shortcomings], "
+                                                   "[comment], [seconds], [gate_answer] ... columns")
     imp.set_defaults(func=_guarded(cmd_import), run=cmd_import)
 
 
@@ -61,8 +69,11 @@ def _settings(args: argparse.Namespace):
 
     if not 0.0 <= args.min_gold_acceptance <= 1.0:
         raise AnnotationError("--min-gold-acceptance is a share between 0 and 1", field="min-gold-acceptance")
-    if args.min_seconds < 0 or args.bootstrap < 1:
-        raise AnnotationError("--min-seconds must be >= 0 and --bootstrap >= 1")
+    if args.min_seconds < 0:
+        raise AnnotationError("--min-seconds must be >= 0", field="min-seconds")
+    if args.bootstrap < MIN_BOOTSTRAP:
+        raise AnnotationError(f"--bootstrap {args.bootstrap} is too few resamples for a 95% interval or a p-value "
+                              f"(use at least {MIN_BOOTSTRAP}; the default is 1000)", field="bootstrap")
     return QCSettings(min_seconds=args.min_seconds, min_gold_acceptance=args.min_gold_acceptance,
                       gate_filter=not args.no_gate_filter, n_boot=args.bootstrap, seed=args.seed)
 
@@ -75,6 +86,9 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         except AnnotationError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except sqlite3.DatabaseError as err:  # e.g. a file that stops being a database while read
+            print(f"error: {getattr(args, 'db', '')}: database error ({err})", file=sys.stderr)
+            return 2
     return run
 
 
@@ -85,7 +99,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     show = sys.stderr.isatty() and not args.json
     progress = (lambda fraction, desc: print(f"  {desc}...", file=sys.stderr)) if show else None
     report = run_analysis(args.db, args.study, settings, progress=progress).report
-    if args.json:
+    if args.table:
+        from annotation.analysis import format_feb_table
+
+        print(format_feb_table(report, args.table))
+    elif args.json:
         print(json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     else:
         print(format_report(report))

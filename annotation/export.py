@@ -85,6 +85,8 @@ def export_study(db_path: str | Path, study_id: str, fmt: str, out_path: str | P
     if fmt not in FORMATS:
         raise AnnotationError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}", field="format")
     out_path = Path(out_path)
+    if out_path.is_dir():
+        raise AnnotationError("is a directory; give a file name for the export (check --out)", path=str(out_path))
     table, meta = tidy_table(db_path, study_id, settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")

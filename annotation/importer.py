@@ -1,20 +1,30 @@
 """Import ratings collected elsewhere (MTurk, Prolific, a spreadsheet) into a study, all or nothing.
 
-CSV columns (header names are case-insensitive; spaces count as underscores; MTurk's "Input." and
-"Answer." prefixes are ignored):
-  item          item_id | record_id | item | id         the study's item id or the predictions record id
+The file is CSV (header row), JSONL (one object per line) or Parquet, chosen by extension (.csv, .jsonl /
+.json / .ndjson, .parquet). An export of this tool (any format) imports as is: exported into a fresh study
+built from the same predictions, it gives the same analysis (timings, gate answers, shown positions included).
+Columns (names are case-insensitive; spaces count as underscores; MTurk's "Input." and "Answer." prefixes
+are ignored):
+  item          item_id | record_id | item | id         the study's item id or the predictions record id (each
+                                                         present column is tried in this order)
   annotator     annotator | annotator_id | worker_id | participant_id | prolific_pid | participant
   question      question (optional, default "model")     "model" or "gold", one of the protocol's `rate`
   rating        rating | answer | response               scale value or label (case-insensitive) or score
   shortcomings  shortcomings (optional)                  values or labels separated by ";"
   comment       comment (optional)
-  seconds       seconds | seconds_spent | time_seconds (optional)
+  seconds       rating_seconds | seconds | seconds_spent | time_seconds (optional): the rating's time
+  item seconds  item_seconds (optional): the item x annotator time (default: the largest of its rows'
+                seconds, since the app repeats the item's time on each rating)
+  gate          gate_answer, gate_correct (optional): the annotator's answer to the task and whether it was
+                right (computed from the item's gold label when only the answer is given)
+  shown_position  shown_position (optional): 1 or 2, where the explanation was shown
 
 Every row is validated first; if any row is bad, one `RatingsImportError` lists each bad row (line, field,
 why) and nothing is written. Otherwise everything is written in one transaction: annotators get
-`source="import"` and id `import:<study>:<name>` (no token, so they cannot log in), each new item x
-annotator pair gets a submitted assignment (so the app counts it towards `annotators_per_item`), ratings
-get `origin="import:<file name>"`. A rating that already exists (same item, annotator, question) is an
+`source="import"` and id `import:<study>:<name>` (no token, so they cannot log in; a name that already
+reads `import:<other study>:<name>`, as in an export, keeps only `<name>`), each new item x annotator pair
+gets a submitted assignment with its gate answer and seconds (so the app counts it towards
+`annotators_per_item`), ratings get `origin="import:<file name>"`. A rating that already exists (same item, annotator, question) is an
 error, so importing a file twice does nothing the second time.
 """
 
@@ -22,6 +32,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import re
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,8 +51,14 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "rating": ("rating", "answer", "response"),
     "shortcomings": ("shortcomings",),
     "comment": ("comment",),
-    "seconds": ("seconds", "seconds_spent", "time_seconds"),
+    "seconds": ("rating_seconds", "seconds", "seconds_spent", "time_seconds"),
+    "item_seconds": ("item_seconds",),
+    "gate_answer": ("gate_answer",),
+    "gate_correct": ("gate_correct",),
+    "shown_position": ("shown_position",),
 }
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+EXPORTED_ANNOTATOR = re.compile(r"^import:[^:]+:")
 REQUIRED_COLUMNS = ("item", "annotator", "rating")
 SCORE_TOLERANCE = 0.01  # "0.67" or "0.667" both mean 2/3
 
@@ -87,14 +106,26 @@ class _ParsedRow:
     shortcomings: list[str] | None
     comment: str | None
     seconds: float | None
+    item_seconds: float | None = None
+    gate_answer: str | None = None
+    gate_correct: int | None = None
+    shown_position: int | None = None
 
 
 def import_ratings(db_path: str | Path, study_id: str, csv_path: str | Path) -> ImportSummary:
-    """Validate every row of `csv_path`, then write all of them in one transaction (or none)."""
+    """Validate every row of the file (CSV, JSONL or Parquet), then write all of them in one transaction
+    (or none)."""
     csv_path = Path(csv_path)
-    header, rows = _read_csv(csv_path)
+    header, rows = read_rows(csv_path)
     columns = _map_columns(header, csv_path)
-    db = open_db(db_path)
+    db_file = Path(db_path)
+    if not db_file.is_file():  # never create an empty database for a mistyped --db
+        raise AnnotationError("study database not found (check --db)" if not db_file.exists() else
+                              "is a directory, not a study database file (check --db)", path=str(db_file))
+    try:
+        db = open_db(db_path)
+    except sqlite3.DatabaseError as err:
+        raise AnnotationError(f"not a SQLite database ({err})", path=str(db_file)) from err
     conn = db.conn
     conn.execute("BEGIN IMMEDIATE")  # hold the write lock from validation to commit: no race on duplicates
     try:
@@ -117,9 +148,72 @@ def import_ratings(db_path: str | Path, study_id: str, csv_path: str | Path) -> 
 
 # ---------------------------------------------------------------- reading
 
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, cells as text)]) from a CSV, JSONL or Parquet file."""
     if not path.exists():
         raise AnnotationError("ratings file not found", path=str(path))
+    if not path.is_file():
+        raise AnnotationError("is a directory, not a ratings file (check --file)", path=str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    if suffix in JSONL_SUFFIXES:
+        return _read_jsonl(path)
+    return _read_csv(path)
+
+
+def _cell_text(value: Any) -> str:
+    """A JSON/Parquet value as the text a CSV cell would hold (floats keep every digit)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, dict)):
+        return ";".join(map(str, value)) if isinstance(value, list) else json.dumps(value)
+    return str(value)
+
+
+def _records_to_rows(records: list[tuple[int, dict]], path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    if not records:
+        raise AnnotationError("the file has no rows", path=str(path))
+    header = list(dict.fromkeys(key for _, record in records for key in record))
+    return header, [(line, [_cell_text(record.get(key)) for key in header]) for line, record in records]
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    records = []
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise AnnotationError(f"not valid JSON ({err.msg}); a JSONL file has one object per line",
+                                          path=str(path), line=line_number) from err
+                if not isinstance(record, dict):
+                    raise AnnotationError("expected a JSON object on each line", path=str(path), line=line_number)
+                records.append((line_number, record))
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path)) from err
+    return _records_to_rows(records, path)
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+        raise AnnotationError(f"not a readable Parquet file ({err})", path=str(path)) from err
+    # "line" = row number + 1, as if the file had a header line, so messages read like the CSV ones
+    return _records_to_rows([(i + 2, record) for i, record in enumerate(table.to_pylist())], path)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -142,7 +236,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, rows
 
 
-def _map_columns(header: list[str], path: Path) -> dict[str, int]:
+def _map_columns(header: list[str], path: Path) -> dict[str, Any]:
     # MTurk batch results name columns Input.<field> / Answer.<field>
     normalized = [h.strip().lower().replace(" ", "_").removeprefix("input.").removeprefix("answer.")
                   for h in header]
@@ -152,6 +246,11 @@ def _map_columns(header: list[str], path: Path) -> dict[str, int]:
             if alias in normalized:
                 columns[role] = normalized.index(alias)
                 break
+    # every item column present, in alias order: an export's item_id belongs to another study, its
+    # record_id matches a fresh study built from the same predictions
+    item_columns = [normalized.index(a) for a in COLUMN_ALIASES["item"] if a in normalized]
+    if item_columns:
+        columns["item_fallbacks"] = item_columns  # type: ignore[assignment]
     missing = [role for role in REQUIRED_COLUMNS if role not in columns]
     if missing:
         expected = "; ".join(f"{role}: one of {', '.join(COLUMN_ALIASES[role])}" for role in missing)
@@ -161,13 +260,17 @@ def _map_columns(header: list[str], path: Path) -> dict[str, int]:
 
 # ---------------------------------------------------------------- validation
 
-def _validate_rows(conn, study_id: str, protocol: dict[str, Any], columns: dict[str, int],
+def _validate_rows(conn, study_id: str, protocol: dict[str, Any], columns: dict[str, Any],
                    rows: list[tuple[int, list[str]]]) -> tuple[list[_ParsedRow], list[RowProblem]]:
     by_item_id: dict[str, str] = {}
     by_record_id: dict[str, list[str]] = {}
-    for item_id, record_id in conn.execute("SELECT id, record_id FROM items WHERE study_id = ?", (study_id,)):
+    gold_labels: dict[str, str] = {}
+    for item_id, record_id, gold_label in conn.execute(
+            "SELECT id, record_id, gold_label FROM items WHERE study_id = ?", (study_id,)):
         by_item_id[item_id] = item_id
         by_record_id.setdefault(record_id, []).append(item_id)
+        gold_labels[item_id] = gold_label or ""
+    pair_values: dict[tuple[str, str, str], tuple[str, int]] = {}  # (item, annotator, field) -> (text, line)
     existing = {tuple(r) for r in conn.execute(
         "SELECT item_id, annotator_id, question FROM ratings WHERE study_id = ?", (study_id,))}
     rate = protocol.get("rate") or ["model", "gold"]
@@ -179,8 +282,8 @@ def _validate_rows(conn, study_id: str, protocol: dict[str, Any], columns: dict[
             return cells[index].strip() if index is not None and index < len(cells) else ""
 
         row_problems: list[RowProblem] = []
-        item_id = _resolve_item(cell("item"), by_item_id, by_record_id, line, row_problems)
-        annotator = cell("annotator")
+        item_id = _resolve_item_columns(cells, columns, by_item_id, by_record_id, line, row_problems)
+        annotator = EXPORTED_ANNOTATOR.sub("", cell("annotator"), count=1)
         if not annotator:
             row_problems.append(RowProblem(line, "annotator", "empty"))
         question = cell("question").lower() or "model"
@@ -191,6 +294,20 @@ def _validate_rows(conn, study_id: str, protocol: dict[str, Any], columns: dict[
         shortcomings = _resolve_shortcomings(cell("shortcomings"), protocol.get("shortcomings") or [], line,
                                              row_problems)
         seconds = _resolve_seconds(cell("seconds"), line, row_problems)
+        item_seconds = _resolve_seconds(cell("item_seconds"), line, row_problems, "item_seconds")
+        gate_correct = _resolve_flag(cell("gate_correct"), line, row_problems)
+        shown_position = _resolve_position(cell("shown_position"), line, row_problems)
+        gate_answer = cell("gate_answer") or None
+        if gate_answer is not None and gate_correct is None and item_id:
+            gate_correct = int(gate_answer.lower() == gold_labels[item_id].strip().lower())
+        if item_id and annotator:
+            # one assignment per item x annotator: its values must agree across that pair's rows
+            for name, text in (("item_seconds", cell("item_seconds")), ("gate_answer", cell("gate_answer")),
+                               ("gate_correct", cell("gate_correct"))):
+                earlier = pair_values.setdefault((item_id, annotator, name), (text, line))
+                if earlier[0] != text:
+                    row_problems.append(RowProblem(line, name, f"{text!r} differs from {earlier[0]!r} on line "
+                                                               f"{earlier[1]} (same item and annotator)"))
         if item_id and annotator and question in rate:
             key = (item_id, annotator_id_for(study_id, annotator), question)
             if key in seen:
@@ -204,8 +321,49 @@ def _validate_rows(conn, study_id: str, protocol: dict[str, Any], columns: dict[
             problems.extend(row_problems)
             continue
         parsed.append(_ParsedRow(line, item_id, annotator, question, rating_score[0], rating_score[1],
-                                 shortcomings, cell("comment") or None, seconds))
+                                 shortcomings, cell("comment") or None, seconds, item_seconds, gate_answer,
+                                 gate_correct, shown_position))
     return parsed, problems
+
+
+def _resolve_item_columns(cells: list[str], columns: dict[str, Any], by_item_id: dict[str, str],
+                          by_record_id: dict[str, list[str]], line: int, problems: list[RowProblem]) -> str | None:
+    """The first item column whose value names an item of this study; the first column's problem if none."""
+    first_problems: list[RowProblem] | None = None
+    for index in columns.get("item_fallbacks") or [columns["item"]]:
+        text = cells[index].strip() if index < len(cells) else ""
+        attempt: list[RowProblem] = []
+        item_id = _resolve_item(text, by_item_id, by_record_id, line, attempt)
+        if item_id:
+            return item_id
+        first_problems = attempt if first_problems is None else first_problems
+    problems.extend(first_problems or [])
+    return None
+
+
+def _resolve_flag(text: str, line: int, problems: list[RowProblem]) -> int | None:
+    lowered = text.lower()
+    if not lowered:
+        return None
+    if lowered in ("1", "1.0", "true", "yes"):
+        return 1
+    if lowered in ("0", "0.0", "false", "no"):
+        return 0
+    problems.append(RowProblem(line, "gate_correct", f"{text!r} is not 1/0 or true/false"))
+    return None
+
+
+def _resolve_position(text: str, line: int, problems: list[RowProblem]) -> int | None:
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if number < 1 or number != int(number):
+        problems.append(RowProblem(line, "shown_position", f"{text!r} is not a position (1, 2, ...)"))
+        return None
+    return int(number)
 
 
 def _resolve_item(text: str, by_item_id: dict[str, str], by_record_id: dict[str, list[str]], line: int,
@@ -268,18 +426,32 @@ def _resolve_shortcomings(text: str, options: list[dict], line: int,
     return values
 
 
-def _resolve_seconds(text: str, line: int, problems: list[RowProblem]) -> float | None:
+def _resolve_seconds(text: str, line: int, problems: list[RowProblem], field: str = "seconds") -> float | None:
     if not text:
         return None
     try:
         seconds = float(text)
     except ValueError:
-        problems.append(RowProblem(line, "seconds", f"{text!r} is not a number"))
+        problems.append(RowProblem(line, field, f"{text!r} is not a number"))
         return None
     if not (seconds >= 0) or seconds == float("inf"):
-        problems.append(RowProblem(line, "seconds", f"{text!r} must be a finite number >= 0"))
+        problems.append(RowProblem(line, field, f"{text!r} must be a finite number >= 0"))
         return None
     return seconds
+
+
+def _assignment_fields(rows: list[_ParsedRow]) -> tuple[float | None, str | None, int | None, str | None]:
+    """(seconds, gate answer, gate correct, order JSON) of one item x annotator from its rows.
+
+    Seconds: the item_seconds column, else the largest row time (not the sum: the app repeats the item's
+    time on every rating of it, so a sum would double it)."""
+    first = rows[0]
+    row_seconds = [r.seconds for r in rows if r.seconds is not None]
+    seconds = first.item_seconds if first.item_seconds is not None else (max(row_seconds) if row_seconds else None)
+    positions = [r.shown_position for r in rows]
+    order = (json.dumps([r.question for r in sorted(rows, key=lambda r: r.shown_position)])
+             if None not in positions else None)
+    return seconds, first.gate_answer, first.gate_correct, order
 
 
 def annotator_id_for(study_id: str, name: str) -> str:
@@ -299,21 +471,18 @@ def _write(conn, study_id: str, file_name: str, parsed: list[_ParsedRow]) -> tup
                      new_annotators)
     assigned = {tuple(r) for r in conn.execute(
         "SELECT item_id, annotator_id FROM assignments WHERE study_id = ?", (study_id,))}
-    seconds_per_pair: dict[tuple[str, str], float | None] = {}
+    by_pair: dict[tuple[str, str], list[_ParsedRow]] = {}
     for row in parsed:
-        pair = (row.item_id, annotator_id_for(study_id, row.annotator_name))
-        if row.seconds is not None:
-            seconds_per_pair[pair] = (seconds_per_pair.get(pair) or 0.0) + row.seconds
-        else:
-            seconds_per_pair.setdefault(pair, None)
-    new_pairs = [(study_id, item, annotator, SUBMITTED, now, now, secs)
-                 for (item, annotator), secs in seconds_per_pair.items() if (item, annotator) not in assigned]
+        by_pair.setdefault((row.item_id, annotator_id_for(study_id, row.annotator_name)), []).append(row)
+    new_pairs = [(study_id, item, annotator, SUBMITTED, now, now, *_assignment_fields(rows))
+                 for (item, annotator), rows in by_pair.items() if (item, annotator) not in assigned]
     conn.executemany("INSERT INTO assignments (study_id, item_id, annotator_id, status, assigned_at, submitted_at, "
-                     "seconds_spent) VALUES (?, ?, ?, ?, ?, ?, ?)", new_pairs)
+                     "seconds_spent, gate_answer, gate_correct, order_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     new_pairs)
     conn.executemany(
         "INSERT INTO ratings (study_id, item_id, annotator_id, question, shown_position, rating, score, "
-        "shortcomings_json, comment, seconds_spent, created_at, origin) VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
-        [(study_id, row.item_id, annotator_id_for(study_id, row.annotator_name), row.question, row.rating,
-          row.score, None if row.shortcomings is None else json.dumps(row.shortcomings), row.comment, row.seconds,
-          now, origin) for row in parsed])
+        "shortcomings_json, comment, seconds_spent, created_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(study_id, row.item_id, annotator_id_for(study_id, row.annotator_name), row.question, row.shown_position,
+          row.rating, row.score, None if row.shortcomings is None else json.dumps(row.shortcomings), row.comment,
+          row.seconds, now, origin) for row in parsed])
     return len(parsed), len(new_annotators), len(new_pairs)
