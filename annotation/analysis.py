@@ -128,8 +128,8 @@ def load_study(db_path: str | Path, study_id: str, *, full: bool = False) -> Stu
                                  f"json_extract(record_json, ?) END AS metric_{i}" for i in range(len(paths)))
             items = pd.read_sql_query(
                 f"SELECT id AS item_id, position, {filled}, json_extract(record_json, '$.pred_explanation') AS "
-                "pred_explanation, json_extract(record_json, '$.gold_explanations[0]') AS gold_explanation"
-                f"{metric_sql} FROM items WHERE study_id = ?",
+                "pred_explanation, json_extract(record_json, '$.gold_explanations[0]') AS gold_explanation, "
+                f"json_extract(record_json, '$.inputs') AS inputs_json{metric_sql} FROM items WHERE study_id = ?",
                 conn, params=(*(p for path in paths for p in (path, path)), study_id))
         except (sqlite3.OperationalError, pd.errors.DatabaseError) as err:
             raise AnnotationError(f"an item's predictions record is not valid JSON ({err})", path=str(db_path),
@@ -175,6 +175,20 @@ def _expand_items(items: pd.DataFrame, metric_names: list[str]) -> pd.DataFrame:
     for column in ("dataset", "model", "method", "gold_label"):
         items[column] = items[column].fillna("?").astype(str)
     return items
+
+
+def input_keys(items: pd.DataFrame) -> pd.Series:
+    """What makes two items "the same input" for paired tests: the record's inputs (key order ignored),
+    else its record id. Items of different systems in one study have different record ids (ids are unique
+    in a predictions file) but the same inputs."""
+    def key(text: Any, record_id: Any) -> str:
+        if isinstance(text, str):
+            try:
+                return "inputs:" + json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False)
+            except json.JSONDecodeError:
+                pass
+        return f"id:{record_id}"
+    return pd.Series([key(t, r) for t, r in zip(items["inputs_json"], items["record_id"])], index=items.index)
 
 
 # ---------------------------------------------------------------- protocol helpers
@@ -583,10 +597,12 @@ def significance_section(scores: pd.DataFrame, kept: pd.DataFrame, items: pd.Dat
 
 
 def _system_pairs(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, Any]]:
-    model_scores = scores[scores["question"] == "model"]
+    model_scores = scores[scores["question"] == "model"].copy()
+    model_scores["input_key"] = input_keys(model_scores)
     rows: list[dict[str, Any]] = []
     for dataset, group in model_scores.groupby("dataset", sort=True):
-        per_system = {key: sub.groupby("record_id", sort=True)["human_score"].mean()
+        # a system with the same input twice: the mean of its items on that input
+        per_system = {key: sub.groupby("input_key", sort=True)["human_score"].mean()
                       for key, sub in group.groupby(["model", "method"], sort=True)}
         keys = list(per_system)
         for i, first in enumerate(keys):
@@ -597,7 +613,7 @@ def _system_pairs(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, 
                 rng = sig.stable_rng(settings.seed, "paired", dataset, *first, *second)
                 diffs = (a.to_numpy(float) - b.to_numpy(float)) * 100
                 test = sig.paired_test(diffs, settings.n_boot, rng, settings.ci_level)
-                rows.append({"dataset": dataset, "a": {"model": first[0], "method": first[1]},
+                rows.append({"dataset": dataset, "a": {"model": first[0], "method": first[1]},  # a - b
                              "b": {"model": second[0], "method": second[1]}, "question": "model",
                              **test.to_json()})
     _add_holm(rows)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from annotation.analysis import analyze
+from annotation.analysis import QCSettings, analyze
 from annotation.errors import AnnotationError
 from annotation.export import export_study, read_parquet_protocol, sidecar_path
 from annotation.importer import RatingsImportError, import_ratings
+from annotation.schema import open_db
 from test_analysis import PROTOCOL, SCORE, StudyBuilder, random_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,3 +224,103 @@ def test_cli_import_and_export(tmp_path):
     table = pd.read_json(out, lines=True)
     assert len(table) == 4 and set(table["origin"]) == {"app", "import:good.csv"}
     assert set(table.loc[table["origin"] == "import:good.csv", "annotator_source"]) == {"import"}
+
+
+# ---------------------------------------------------------------- export -> import round trip
+
+def two_system_predictions(tmp_path: Path, shared_data: Path) -> Path:
+    """Two simulated systems on the same 12 e-SNLI dev inputs (ids differ, inputs equal), with metrics."""
+    from annotation.sample_data import simulated_esnli_predictions
+
+    lines = []
+    for tag, seed in (("a", 1), ("b", 2)):
+        for i, record in enumerate(simulated_esnli_predictions(shared_data, count=12, accuracy=0.7, seed=seed)):
+            row = dataclasses.asdict(record)
+            row = {**row, "id": f"{row['id']}-{tag}", "model": f"sim-{tag}",
+                   "metrics": {"bertscore_f1": 40.0 + (7 * i + 13 * seed) % 50, "bleu": float((5 * i) % 17)}}
+            lines.append(json.dumps(row))
+    path = tmp_path / "preds.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def record_policy_preset(tmp_path: Path) -> Path:
+    preset = json.loads((REPO / "annotation" / "presets" / "evil.json").read_text())
+    preset["gate"]["policy"] = "record"  # wrong gate answers keep rating, so every QC rule has work to do
+    path = tmp_path / "evil-record.json"
+    path.write_text(json.dumps(preset))
+    return path
+
+
+def stepping_clock(steps: list[float]):
+    """The store's injected clock, advancing by the next of `steps` seconds at each reading (varied times)."""
+    from datetime import datetime, timedelta, timezone
+
+    state = {"now": datetime(2026, 1, 1, tzinfo=timezone.utc), "i": 0}
+
+    def now():
+        state["now"] += timedelta(seconds=steps[state["i"] % len(steps)])
+        state["i"] += 1
+        return state["now"]
+    return now
+
+
+def rated_study(db_path: Path, predictions: Path, preset: Path) -> str:
+    from annotation.store import RatingInput, StudySettings, Store
+
+    store = Store(db_path, clock=stepping_clock([0.5, 3, 1, 7, 2, 11, 0.25, 5]))
+    study_id = store.create_study(predictions, StudySettings(preset=str(preset), items_per_page=18,
+                                                             annotators_per_item=3, only_correct=False,
+                                                             per_label=0, seed=5))
+    values = ["yes", "weak_yes", "weak_no", "no"]
+    for a_index, annotator in enumerate(store.add_annotators(study_id, 4)):
+        for step in range(30):
+            assignment = store.next_assignment(annotator)
+            if assignment is None:
+                break
+            gold = store.item(assignment.item_id)["gold_label"]
+            wrong = (step + a_index) % 7 == 3
+            answer = ("neutral" if gold != "neutral" else "entailment") if wrong else gold
+            assignment = store.answer_gate(annotator, assignment.id, answer)
+            model_value = values[(step * 3 + a_index) % 4]
+            gold_value = values[0] if a_index != 3 else values[(step + 2) % 4]  # annotator 3 rejects gold
+            store.submit(annotator, assignment.id, {
+                "model": RatingInput(model_value, ["none"] if model_value == "yes" else ["insufficient"]),
+                "gold": RatingInput(gold_value, ["none"] if gold_value == "yes" else ["restates_input"])},
+                comment="fine" if step % 5 == 0 else "")
+    return study_id
+
+
+def comparable(report: dict) -> dict:
+    """The report without the study's identity; imported annotator ids read as the originals."""
+    text = json.dumps({k: v for k, v in report.items() if k != "study"}, sort_keys=True)
+    return json.loads(re.sub(r"import:[^:\"]+:", "", text))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_export_then_import_into_a_fresh_study_gives_identical_analysis(tmp_path, shared_data, fmt):
+    predictions = two_system_predictions(tmp_path, shared_data)
+    preset = record_policy_preset(tmp_path)
+    original_db = tmp_path / "original.db"
+    study_id = rated_study(original_db, predictions, preset)
+    settings = QCSettings(min_seconds=5.0, min_gold_acceptance=0.6, n_boot=300, seed=4)
+    before = analyze(original_db, study_id, settings)
+    qc = before["qc"]
+    assert all(qc["excluded"][rule] > 0 for rule in ("gate_wrong", "too_fast", "low_gold_acceptance")), qc
+    assert 2 <= before["significance"]["between_systems"][0]["n_items"] <= 12  # paired on the same inputs
+
+    out = export_study(original_db, study_id, fmt, tmp_path / f"ratings.{fmt}")
+    from annotation.store import StudySettings, Store
+
+    fresh_db = tmp_path / "fresh.db"
+    fresh = Store(fresh_db).create_study(predictions, StudySettings(preset=str(preset), items_per_page=18,
+                                                                      annotators_per_item=3, only_correct=False,
+                                                                      per_label=0, seed=5))
+    summary = import_ratings(fresh_db, fresh, out)
+    assert summary.ratings_inserted == qc["ratings_total"]
+    after = analyze(fresh_db, fresh, settings)
+    assert comparable(after) == comparable(before)
+    ids = {r[0] for r in open_db(fresh_db).execute("SELECT id FROM annotators")}
+    assert all(i.startswith(f"import:{fresh}:") and i.count("import:") == 1 for i in ids)
+    positions = open_db(fresh_db).execute("SELECT COUNT(*) FROM ratings WHERE shown_position IS NULL").fetchone()
+    assert positions[0] == 0
