@@ -483,3 +483,179 @@ def test_analysis_of_a_study_run_through_the_real_store(tmp_path):
     assert find(report["scores"], question="gold")["mean"] == pytest.approx(100.0)
     assert sum(r["count"] for r in report["shortcomings"] if r["question"] == "model") == len(rows)
     assert find(report["correlations"]["item_level"], metric="bertscore_f1")["n"] == len(per_item)
+
+
+# ---------------------------------------------------------------- ties, row order, stable seeds
+
+def tied_study(db_path: Path, order_seed: int | None, drop_system: bool = False) -> StudyBuilder:
+    """Items whose exact scores tie (7/9, 5/9, ...), ratings inserted in a shuffled order."""
+    builder = StudyBuilder(db_path)
+    plan = []
+    for s, (model, method) in enumerate((("t5-base", "sparsefit"), ("t5-base", "lora"))):
+        if drop_system and s == 1:
+            continue
+        for i in range(18):
+            item = builder.add_item(f"{s}-{i}", model=model, method=method,
+                                    metrics={"bertscore_f1": float(40 + (i * 7) % 11), "bleu": float(i % 4)})
+            for r in range(3):
+                plan.append((item, f"a{(i + r) % 5}", VALUES[(i * (r + 1) + s) % 3],
+                             VALUES[(i + r) % 2]))
+    if order_seed is not None:
+        random.Random(order_seed).shuffle(plan)
+    for item, name, model_value, gold_value in plan:
+        if builder.db.execute("SELECT 1 FROM assignments WHERE item_id = ? AND annotator_id = ?",
+                              [item, f"ann-{name}"]).fetchone() is None:
+            builder.assign(item, name)
+        builder.rate(item, name, "model", model_value)
+        builder.rate(item, name, "gold", gold_value)
+    return builder
+
+
+def numbers(report: dict) -> str:
+    return json.dumps({k: v for k, v in report.items() if k != "study"}, sort_keys=True)
+
+
+def test_tied_item_scores_match_scipy_and_do_not_depend_on_row_order(tmp_path):
+    first = tied_study(tmp_path / "a.db", order_seed=None)
+    reports = [analyze(first.db_path, "s1", QCSettings(n_boot=200))]
+    for seed in (1, 2):
+        shuffled = tied_study(tmp_path / f"shuffled{seed}.db", order_seed=seed)
+        reports.append(analyze(shuffled.db_path, "s1", QCSettings(n_boot=200)))
+    assert numbers(reports[1]) == numbers(reports[0]) == numbers(reports[2])  # every number, CIs included
+    item_scores = reference_item_scores(first, "model")
+    assert len(set(item_scores.values())) < len(item_scores) / 3  # many exact ties
+    for metric in ("bertscore_f1", "bleu"):
+        human = [item_scores[i] for i in sorted(item_scores)]
+        auto = [first.items[i]["metrics"][metric] for i in sorted(item_scores)]
+        row = find(reports[0]["correlations"]["item_level"], metric=metric)
+        assert row["spearman"]["value"] == pytest.approx(scipy_stats.spearmanr(human, auto).statistic, abs=1e-12)
+        assert row["kendall"]["value"] == pytest.approx(scipy_stats.kendalltau(human, auto).statistic, abs=1e-12)
+
+
+def test_a_systems_ci_does_not_depend_on_the_other_systems(tmp_path):
+    both = analyze(tied_study(tmp_path / "both.db", order_seed=3).db_path, "s1", QCSettings(n_boot=300))
+    alone = analyze(tied_study(tmp_path / "alone.db", order_seed=4, drop_system=True).db_path, "s1",
+                    QCSettings(n_boot=300))
+    for question in ("model", "gold"):
+        with_other = find(both["scores"], method="sparsefit", question=question)
+        without = find(alone["scores"], method="sparsefit", question=question)
+        assert with_other == without
+    assert find(both["agreement"], scope="t5-base | sparsefit | esnli", question="model") == \
+        find(alone["agreement"], scope="t5-base | sparsefit | esnli", question="model")
+    other_seed = analyze(tied_study(tmp_path / "seed.db", order_seed=3).db_path, "s1", QCSettings(n_boot=300, seed=9))
+    def ci(report: dict) -> tuple:
+        row = find(report["scores"], method="sparsefit", question="model")
+        return row["ci_low"], row["ci_high"]
+    assert ci(other_seed) != ci(both)  # the seed still matters
+
+
+# ---------------------------------------------------------------- significance, agreement CIs, tables
+
+def test_paired_tests_between_systems_and_against_gold(tmp_path):
+    """Two systems on the same inputs (different record ids): one clearly better; model vs gold per system."""
+    builder = StudyBuilder(tmp_path / "pairs.db")
+    for i in range(30):
+        good = builder.add_item(f"good-{i}", model="m", method="good")
+        bad = builder.add_item(f"bad-{i}", model="m", method="bad")
+        # the same inputs for both systems: the record's inputs decide the pairing, not its id
+        for item in (good, bad):
+            record = builder.items[item]
+            record["inputs"] = {"premise": f"premise {i}", "hypothesis": f"hypothesis {i}"}
+            builder.db["items"].update(item, {"record_json": json.dumps(record)})
+        for r in range(3):
+            builder.rate_item(good, f"a{r}", VALUES[(i + r) % 2], "yes")          # yes / weak yes
+            builder.rate_item(bad, f"a{r}", VALUES[2 + (i + r) % 2], "yes")       # weak no / no
+    report = analyze(builder.db_path, "s1", QCSettings(n_boot=2000))
+    pairs = report["significance"]["between_systems"]
+    assert len(pairs) == 1 and pairs[0]["n_items"] == 30
+    pair = pairs[0]
+    scores = reference_item_scores(builder, "model")
+    expected = np.mean([scores[f"s1-bad-{i}"] - scores[f"s1-good-{i}"] for i in range(30)]) * 100
+    sign = 1 if pair["a"]["method"] == "bad" else -1
+    assert pair["mean_diff"] == pytest.approx(sign * expected)
+    assert pair["ci_low"] <= pair["mean_diff"] <= pair["ci_high"] and (pair["ci_high"] < 0 or pair["ci_low"] > 0)
+    assert pair["p_permutation"] == pytest.approx(1 / 2001) and pair["p_bootstrap"] < 0.001
+    assert pair["p_permutation_holm"] == pair["p_permutation"]  # one test in the family
+    vs_gold = {r["method"]: r for r in report["significance"]["model_vs_gold"]}
+    assert vs_gold["bad"]["mean_diff"] < -50 and vs_gold["bad"]["p_permutation"] < 0.01
+    assert vs_gold["good"]["paired_ratings"] == 90 and vs_gold["good"]["n_items"] == 30
+
+
+def test_paired_permutation_p_matches_exact_enumeration():
+    from itertools import product
+
+    from annotation.significance import holm, paired_test
+
+    diffs = np.array([3.0, 1.0, 2.0, -1.0, 4.0, 0.5, 2.0, -0.5])
+    observed = abs(diffs.mean())
+    flips = [abs((np.array(signs) * diffs).mean()) >= observed - 1e-12 for signs in product((1, -1), repeat=8)]
+    exact = np.mean(flips)
+    test = paired_test(diffs, 40000, np.random.default_rng(0))
+    assert test.p_permutation == pytest.approx(exact, abs=0.006)
+    assert test.mean_diff == pytest.approx(diffs.mean())
+    from statsmodels.stats.multitest import multipletests
+
+    ps = [0.01, 0.04, 0.03, 0.2, None, 0.005]
+    present = [p for p in ps if p is not None]
+    reference = iter(multipletests(present, method="holm")[1])
+    assert holm(ps) == [None if p is None else pytest.approx(next(reference)) for p in ps]
+
+
+def test_agreement_has_cis_per_dataset_rows_and_warns_about_dropped_items(tmp_path):
+    builder = random_study(tmp_path / "study.db")  # items with 1, 2 and 3 raters
+    builder.add_item("other-0", dataset="comve", gold_label="choice1")
+    report = analyze(builder.db_path, "s1", QCSettings(n_boot=300))
+    row = find(report["agreement"], scope="all", question="model")
+    for name in ("fleiss_kappa_binary", "randolph_free_marginal_kappa_binary", "krippendorff_alpha_ordinal"):
+        stat = row[name]
+        assert stat["ci_low"] is not None and stat["ci_low"] <= stat["value"] <= stat["ci_high"], (name, stat)
+    assert row["n_boot"] == 300 and row["rater_counts_dropped"] == [1, 2]
+    assert find(report["agreement"], scope="dataset esnli", question="model")["items"] == row["items"]
+    assert any("leave out" in w and "[model] all" in w for w in report["warnings"])
+    assert "warning: agreement [model] all" in format_report(report)
+
+
+def test_feb_table_in_text_markdown_latex_and_json(tmp_path):
+    from annotation.analysis import format_feb_table
+
+    builder = random_study(tmp_path / "study.db")
+    report = analyze(builder.db_path, "s1", QCSettings(n_boot=200))
+    rows = json.loads(format_feb_table(report, "json"))
+    assert len(rows) == 3 and {r["method"] for r in rows} == {"sparsefit", "lora"}
+    for row in rows:
+        model = find(report["scores"], model=row["model"], method=row["method"], question="model")
+        assert row["model_score"] == model["mean"] and row["model_n_items"] == model["n_items"]
+        assert row["gold_ci_low"] == find(report["scores"], model=row["model"], method=row["method"],
+                                          question="gold")["ci_low"]
+    markdown = format_feb_table(report, "markdown").splitlines()
+    assert markdown[0].startswith("| dataset | model | method |") and len(markdown) == 2 + 3
+    latex = format_feb_table(report, "latex")
+    assert latex.startswith("\\begin{tabular}") and "\\midrule" in latex and "95\\%" in latex
+    assert f"{rows[0]['model_score']:.1f}" in format_feb_table(report, "text")
+    with pytest.raises(Exception, match="unknown table format"):
+        format_feb_table(report, "xlsx")
+
+
+def test_cli_errors_are_one_line_and_create_nothing(tmp_path):
+    builder = random_study(tmp_path / "study.db", items_per_system=3)
+    missing = tmp_path / "typo.db"
+    not_sqlite = tmp_path / "notes.db"
+    not_sqlite.write_text("this is not a database\n")
+    cases = [
+        (["analyze", "--db", str(missing), "--study", "s1"], "not found"),
+        (["export", "--db", str(missing), "--study", "s1", "--format", "csv", "--out", str(tmp_path / "o.csv")],
+         "not found"),
+        (["import-ratings", "--db", str(missing), "--study", "s1", "--file", str(tmp_path)], "directory"),
+        (["analyze", "--db", str(not_sqlite), "--study", "s1"], "not a SQLite database"),
+        (["analyze", "--db", str(tmp_path), "--study", "s1"], "directory"),
+        (["import-ratings", "--db", str(builder.db_path), "--study", "s1", "--file", str(tmp_path)], "directory"),
+        (["analyze", "--db", str(builder.db_path), "--study", "s1", "--bootstrap", "1"], "at least 100"),
+    ]
+    for args, expected in cases:
+        done = _run_cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert expected in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not missing.exists() and not (tmp_path / "o.csv").exists()
+    table = _run_cli("analyze", "--db", str(builder.db_path), "--study", "s1", "--table", "markdown")
+    assert table.returncode == 0 and table.stdout.startswith("| dataset |")
