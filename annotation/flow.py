@@ -15,6 +15,7 @@ from annotation.store import GATE_FAILED, SUBMITTED, Annotator, Assignment, Rati
 
 FIELD_NAMES = {"sent0": "Statement 1", "sent1": "Statement 2"}
 SLOTS = "AB"
+ASK = object()  # AnnotatorFlow.current: "ask the store for the next assignment"
 PROLIFIC_COMPLETE_URL = "https://app.prolific.com/submissions/complete?cc={code}"
 
 
@@ -53,13 +54,13 @@ class AnnotatorFlow:
         except AnnotationError as err:
             return error_view(err.reason)
         try:
-            assignment = self.store.answer_gate(annotator, _as_int(assignment_id), answer)
+            assignment, following = self.store.answer_gate_and_next(annotator, _as_int(assignment_id), answer)
         except AnnotationError as err:
             return self.current(annotator, message=err.reason, error=True)
         if assignment.status == GATE_FAILED:
             return self.current(annotator, message="That was not the expected answer, so this item ends "
-                                "here. Here is the next one.")
-        return self.current(annotator)
+                                "here. Here is the next one.", following=following)
+        return self.current(annotator, following=following)
 
     def submit(self, token: str, assignment_id: int | float | str, rating_a: str, rating_b: str = "",
                shortcomings_a: list[str] | None = None, shortcomings_b: list[str] | None = None,
@@ -77,17 +78,20 @@ class AnnotatorFlow:
             given = [(rating_a, shortcomings_a), (rating_b, shortcomings_b)]
             ratings = {question: RatingInput(rating=given[i][0] or "", shortcomings=list(given[i][1] or []))
                        for i, question in enumerate(assignment.order)}
-            self.store.submit(annotator, assignment.id, ratings, comment or "")
+            _, following = self.store.submit_and_next(annotator, assignment.id, ratings, comment or "")
         except AnnotationError as err:
             return self.current(annotator, message=err.reason, error=True)
-        return self.current(annotator, message="Saved.")
+        return self.current(annotator, message="Saved.", following=following)
 
     # ---------------------------------------------------------------- views
-    def current(self, annotator: Annotator, message: str = "", error: bool = False) -> dict[str, Any]:
+    def current(self, annotator: Annotator, message: str = "", error: bool = False,
+                following: Assignment | None | object = ASK) -> dict[str, Any]:
+        """The annotator's view now; `following` is the next assignment when the caller already has it
+        (chosen in the same transaction as the write), else it is asked for."""
         study = self.store.study(annotator.study_id)
         protocol = study["protocol"]
         try:
-            assignment = self.store.next_assignment(annotator)
+            assignment = self.store.next_assignment(annotator) if following is ASK else following
         except AnnotationError as err:
             return error_view(err.reason)
         progress = self.store.progress(annotator)

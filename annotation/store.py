@@ -287,28 +287,33 @@ class Store:
         rated)."""
         study = self.study(annotator.study_id)
         with self.transaction() as db:
-            self._expire_abandoned(db, study)
-            if self._annotator_row(annotator.id)["blocked_at"]:
-                return None
-            current = self._assignments("annotator_id = ? AND status = ?", [annotator.id, ASSIGNED])
-            if current:
-                return current[0]
-            if self._done_count(annotator.id) >= study["items_per_page"]:
-                self._earn_code(db, annotator, study)
-                return None
-            revived = self._revive_abandoned(db, annotator, study)
-            if revived:
-                return revived
-            item_id = self._pick_item(annotator, study)
-            if item_id is None:
-                self._earn_code(db, annotator, study)  # the pool is empty (for now)
-                return None
-            order = list(study["protocol"]["rate"])
-            random.Random(f"{study['id']}|{item_id}|{annotator.id}").shuffle(order)
-            cursor = db.execute("INSERT INTO assignments (study_id, item_id, annotator_id, status, assigned_at, "
-                                "order_json) VALUES (?,?,?,?,?,?)",
-                                (study["id"], item_id, annotator.id, ASSIGNED, iso(self.clock()), json.dumps(order)))
-            return self._assignments("id = ?", [cursor.lastrowid])[0]
+            return self._next_locked(db, annotator, study)
+
+    def _next_locked(self, db, annotator: Annotator, study: dict) -> Assignment | None:
+        """next_assignment's work, inside the caller's transaction (a submission and the choice of the next
+        item share one commit, i.e. one fsync)."""
+        self._expire_abandoned(db, study)
+        if self._annotator_row(annotator.id)["blocked_at"]:
+            return None
+        current = self._assignments("annotator_id = ? AND status = ?", [annotator.id, ASSIGNED])
+        if current:
+            return current[0]
+        if self._done_count(annotator.id) >= study["items_per_page"]:
+            self._earn_code(db, annotator, study)
+            return None
+        revived = self._revive_abandoned(db, annotator, study)
+        if revived:
+            return revived
+        item_id = self._pick_item(annotator, study)
+        if item_id is None:
+            self._earn_code(db, annotator, study)  # the pool is empty (for now)
+            return None
+        order = list(study["protocol"]["rate"])
+        random.Random(f"{study['id']}|{item_id}|{annotator.id}").shuffle(order)
+        cursor = db.execute("INSERT INTO assignments (study_id, item_id, annotator_id, status, assigned_at, "
+                            "order_json) VALUES (?,?,?,?,?,?)",
+                            (study["id"], item_id, annotator.id, ASSIGNED, iso(self.clock()), json.dumps(order)))
+        return self._assignments("id = ?", [cursor.lastrowid])[0]
 
     def _expire_abandoned(self, db: sqlite_utils.Database, study: dict) -> None:
         cutoff = iso(self.clock() - timedelta(minutes=study["abandon_minutes"]))
@@ -392,6 +397,10 @@ class Store:
 
     # ---------------------------------------------------------------- gate and submission
     def answer_gate(self, annotator: Annotator, assignment_id: int, answer: str) -> Assignment:
+        return self.answer_gate_and_next(annotator, assignment_id, answer)[0]
+
+    def answer_gate_and_next(self, annotator: Annotator, assignment_id: int,
+                             answer: str) -> tuple[Assignment, Assignment | None]:
         """Record the annotator's own answer to the task. Under the "block" policy a wrong answer ends the
         item for this annotator (no ratings) and frees its slot, and `gate.max_failures_in_row` wrong
         answers in a row end the study for them (no more items, no completion code). The first answer
@@ -401,7 +410,7 @@ class Store:
         with self.transaction() as db:
             assignment = self.assignment(annotator, assignment_id)
             if assignment.gate_answer is not None or assignment.status == SUBMITTED:
-                return assignment
+                return assignment, self._next_locked(db, annotator, study)
             self._hold(db, assignment, study)
             if not (answer or "").strip():
                 raise AnnotationError("choose an answer first", field="gate_answer")
@@ -420,10 +429,14 @@ class Store:
                            (limit, limit, iso(now), annotator.id))
             else:
                 db.execute("UPDATE annotators SET gate_fail_streak = 0 WHERE id = ?", (annotator.id,))
-            return self.assignment(annotator, assignment_id)
+            return self.assignment(annotator, assignment_id), self._next_locked(db, annotator, study)
 
     def submit(self, annotator: Annotator, assignment_id: int, ratings: dict[str, RatingInput],
                comment: str = "") -> Assignment:
+        return self.submit_and_next(annotator, assignment_id, ratings, comment)[0]
+
+    def submit_and_next(self, annotator: Annotator, assignment_id: int, ratings: dict[str, RatingInput],
+                        comment: str = "") -> tuple[Assignment, Assignment | None]:
         """Store the ratings of one item and mark it submitted, in one transaction committed before
         returning. A submitted assignment is final: a retry (double click, resent request, or an attempt
         to change old answers) returns the stored assignment and writes nothing."""
@@ -432,7 +445,7 @@ class Store:
         with self.transaction() as db:
             assignment = self.assignment(annotator, assignment_id)
             if assignment.status == SUBMITTED:
-                return assignment
+                return assignment, self._next_locked(db, annotator, study)
             self._hold(db, assignment, study)
             if protocol["gate"]["enabled"] and assignment.gate_answer is None:
                 raise AnnotationError("answer the question about the item first", field="gate_answer")
@@ -448,10 +461,8 @@ class Store:
                  for row in rows])
             db.execute("UPDATE assignments SET status = ?, submitted_at = ?, seconds_spent = ? WHERE id = ?",
                        (SUBMITTED, iso(now), seconds, assignment.id))
-            if self._done_count(annotator.id) >= study["items_per_page"]:
-                self._earn_code(db, annotator, study)
             assignment.status = SUBMITTED
-            return assignment
+            return assignment, self._next_locked(db, annotator, study)
 
     def _rating_rows(self, protocol: dict, assignment: Assignment, ratings: dict[str, RatingInput],
                      comment: str) -> list[dict[str, Any]]:

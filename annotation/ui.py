@@ -608,8 +608,10 @@ def _demo_tab(models_dir: Path, worker) -> None:
         _demo_call(lambda report: worker.load(model_name, _client(request), report), model_name, allowed(), progress)
         return f"Loaded **{model_name}**."
 
-    def run(model_name: str, task: str, *values: str, request: gr.Request, progress=gr.Progress()):
+    def run(model_name: str, task: str, f1: str, f2: str, f3: str, f4: str, f5: str, f6: str,
+            request: gr.Request, progress=gr.Progress()):
         """demo_predict: label, explanation, prompt and raw generation for the typed inputs."""
+        values = (f1, f2, f3, f4, f5, f6)  # DEMO_MAX_FIELDS, spelled out: Gradio injects `request` by position
         names = field_names(task)
         inputs = {name: (values[i] or "").strip()[:2000] for i, name in enumerate(names[:DEMO_MAX_FIELDS])}
         missing = [name for name, text in inputs.items() if not text]

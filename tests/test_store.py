@@ -373,11 +373,13 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path, predictions):
     conn.close()
     migrated = Store(tmp_path / "studies.db")
     assert migrated.study(study)["entry_key"]
-    assert migrated.db.execute("SELECT sum(taken) FROM items").fetchone()[0] == 1
+    held = migrated.db.execute("SELECT count(*) FROM assignments WHERE status IN ('assigned', 'submitted')").fetchone()[0]
+    assert held == 2 and migrated.db.execute("SELECT sum(taken) FROM items").fetchone()[0] == held
     assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == 2
     assert migrated.db["ratings"].count == 2  # nothing stored was lost
     second = migrated.add_annotators(study, 1)[0]
-    assert migrated.next_assignment(second).item_id == migrated.db["assignments"].get(1)["item_id"]
+    assert migrated.next_assignment(second).item_id == migrated.db["assignments"].get(1)["item_id"]  # fullest first
+    _assert_invariants(migrated, study, quota=10, per_item=2)
 
 
 def test_predictions_with_nan_deep_nesting_surrogates_or_a_folder_are_refused(tmp_path, predictions):
