@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -89,9 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Study {study_id!r} is ready; an annotator link to try it: {links[0]}", flush=True)
     print(f"SparseFit app running on {local_url} (database {args.db}); started in "
           f"{time.perf_counter() - STARTED:.1f}s; torch imported: {'torch' in sys.modules}", flush=True)
+    # SIGTERM ends like Ctrl-C, so exit handlers stop the worker processes (demo model, quickstart build)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         demo.block_thread()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         demo.close()
 
 

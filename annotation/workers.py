@@ -161,7 +161,15 @@ class QuickstartBuild:
 
     def start(self) -> None:
         self.status = BuildStatus(running=True, text="starting")
+        self._process = None
+        atexit.register(self.stop)
         threading.Thread(target=self._run, name="quickstart-build", daemon=True).start()
+
+    def stop(self) -> None:
+        process = getattr(self, "_process", None)
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
 
     def banner(self) -> str:
         """One Markdown line for the browser; empty when there is nothing to say."""
@@ -175,8 +183,8 @@ class QuickstartBuild:
     def _run(self) -> None:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe(duplex=False)
-        process = context.Process(target=_build_main, args=(child, self.models_dir), daemon=True,
-                                  name="sparsefit-quickstart")
+        process = self._process = context.Process(target=_build_main, args=(child, self.models_dir), daemon=True,
+                                                  name="sparsefit-quickstart")
         process.start()
         child.close()
         try:

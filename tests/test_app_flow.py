@@ -189,6 +189,19 @@ def test_demo_predicts_with_the_tiny_model(app):
     label, explanation, prompt, raw = api.predict("tiny-t5", "esnli", "A man plays a guitar.", "A man makes music.",
                                                   "", "", "", "", api_name="/demo_predict")
     assert isinstance(label, str) and explanation.strip() and "guitar" in prompt  # random weights: any text
+    import multiprocessing
+    assert "sparsefit-demo" in {p.name for p in multiprocessing.active_children()}  # the model is not in here
+
+
+def test_demo_requests_are_rate_limited_per_client():
+    from annotation.errors import AnnotationError
+    from annotation.workers import DemoWorker, RateLimiter
+    limiter = RateLimiter(3, 60)
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False] and limiter.allow("b")
+    worker = DemoWorker(per_client_per_minute=0)
+    with pytest.raises(AnnotationError, match="too many demo requests"):
+        worker.predict("tiny-t5", "esnli", {"premise": "x", "hypothesis": "y"}, client="1.2.3.4")
+    assert worker._process is None  # refused before any model process was started
 
 
 def post(app, route: str, body) -> tuple[int, dict]:
@@ -243,3 +256,42 @@ def test_no_demo_leaves_out_the_demo_endpoints(tmp_path):
         assert "/annotator_submit" in info["named_endpoints"]
     finally:
         demo.close()
+
+
+def test_build_quickstart_serves_at_once_and_stops_its_worker(tmp_path):
+    port = free_port()
+    env = {**os.environ, "SPARSEFIT_ADMIN_PASSWORD": "pw", "SPARSEFIT_MODELS_DIR": str(tmp_path / "models")}
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--db", str(tmp_path / "s.db"), "--port", str(port), "--no-demo",
+         "--models-dir", str(tmp_path / "models"), "--build-quickstart"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started, lines = time.monotonic(), []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "SparseFit app running" in line or time.monotonic() - started > 60:
+                break
+        assert any("in the background" in l for l in lines), "".join(lines)
+        assert time.monotonic() - started < 30, "".join(lines)  # no waiting for a build of minutes
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as page:
+            assert page.status == 200
+        children = _children(process.pid)
+        assert children, "the build runs in a child process"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    time.sleep(1)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and
+                "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
