@@ -135,6 +135,7 @@ class Store:
         self._local = threading.local()
         self._local.db = open_db(self.path)  # creates the schema up front; this thread's connection
         self._lock = _write_lock(self.path)
+        self._protocols: dict[str, tuple[str, str, dict]] = {}  # study id -> (created_at, text, parsed)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -213,13 +214,25 @@ class Store:
             "FROM studies s ORDER BY s.created_at")
 
     def study(self, study_id: str) -> dict[str, Any]:
-        rows = self._rows("SELECT * FROM studies WHERE id = ?", [study_id])
+        """The study row with `protocol` and `selection` parsed. The protocol never changes after creation
+        and can be large (per-record gate options of a 100k-item study), so it is read and parsed once per
+        study and shared: callers must not modify it."""
+        columns = self._study_columns()
+        rows = self._rows(f"SELECT {columns} FROM studies WHERE id = ?", [study_id])
         if not rows:
             raise AnnotationError(f"no study {study_id!r} in {self.path} (see `study list`)", field="study")
         row = rows[0]
-        row["protocol"] = json.loads(row["protocol_json"])
+        cached = self._protocols.get(study_id)
+        if cached is None or cached[0] != row["created_at"]:  # same id, new study: read it again
+            text = self.db.execute("SELECT protocol_json FROM studies WHERE id = ?", [study_id]).fetchone()[0]
+            cached = self._protocols[study_id] = (row["created_at"], text, json.loads(text))
+        row["protocol_json"], row["protocol"] = cached[1], cached[2]
         row["selection"] = json.loads(row["selection_json"])
         return row
+
+    def _study_columns(self) -> str:
+        names = [r[1] for r in self.db.execute("PRAGMA table_info(studies)").fetchall()]
+        return ", ".join(f'"{n}"' for n in names if n != "protocol_json")
 
     def item(self, item_id: str) -> dict[str, Any]:
         row = self._rows("SELECT * FROM items WHERE id = ?", [item_id])[0]
