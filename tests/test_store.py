@@ -404,3 +404,19 @@ def test_predictions_with_nan_deep_nesting_surrogates_or_a_folder_are_refused(tm
     big = tmp_path / "big-ok.jsonl"
     big.write_text(lines[0] + "\n" + lines[1][:-1] + ', "prompt": "' + "x" * 30_000 + '"}\n')
     assert store.create_study(big, StudySettings(per_label=0, only_correct=False, max_field_chars=50_000))
+
+
+def test_cli_refuses_a_folder_or_a_nan_file_in_one_line(tmp_path, predictions, capsys):
+    from annotation.cli import main
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text(predictions.read_text().splitlines()[0][:-1] + ', "metrics": {"bleu": NaN}}\n')
+    for bad in (tmp_path, nan):
+        with pytest.raises(SystemExit) as info:
+            main(["study", "create", "--db", str(tmp_path / "s.db"), "--predictions", str(bad)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "nan.jsonl:1, field 'metrics.bleu'" in err
+    main(["study", "create", "--db", str(tmp_path / "s.db"), "--predictions", str(predictions), "--name", "c"])
+    main(["annotators", "add", "--db", str(tmp_path / "s.db"), "--study", "c", "--count", "1"])
+    url = capsys.readouterr().err.split()[-1]
+    assert "key=" + Store(tmp_path / "s.db").study("c")["entry_key"] in url and "PROLIFIC_PID" in url
