@@ -1,16 +1,19 @@
 """SparseFit web app: try a model (Demo) and rate explanations (Annotate, Admin, Results).
 
-    python app.py [--db models/studies.db] [--host 127.0.0.1] [--port 7860] [--admin-password PW]
+    python app.py [--db models/studies.db] [--host 127.0.0.1] [--port 7860] [--admin-password PW] [--no-demo]
 
 The admin password comes from --admin-password, else the SPARSEFIT_ADMIN_PASSWORD environment variable,
 else a new one is generated and printed. If the quickstart predictions exist, the "quickstart" study is
-created from them on first start. Torch is not imported at startup: the demo loads its model on first use.
+created from them on first start. The server never imports torch: the demo's model lives in a worker
+process started on first use, and `--build-quickstart` builds in another one while the app already serves
+(the page shows the build's progress). Annotator calls also have a JSON API (annotation/server.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,8 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="predictions file of the demo study (default: models/quickstart/predictions.jsonl)")
     parser.add_argument("--base-url", default="", help="public URL used in annotator links (default: this server)")
     parser.add_argument("--build-quickstart", action="store_true",
-                        help="if the quickstart predictions are missing, build them first (default model, a few "
-                             "minutes, once) so the demo and the quickstart study are ready when the app opens")
+                        help="if the quickstart predictions are missing, build them in the background (default "
+                             "model, a few minutes, once); the app serves meanwhile and shows the progress")
+    parser.add_argument("--no-demo", action="store_true",
+                        help="leave out the Demo tab and its endpoints (a pure annotation server)")
+    parser.add_argument("--max-upload", default="50mb", help="largest file the Admin tab accepts (e.g. 50mb)")
     return parser.parse_args(argv)
 
 
@@ -41,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     from annotation import admin
     from annotation.errors import AnnotationError
     from annotation.store import Store
+    from annotation.server import serve
     from annotation.ui import build_app, launch_options
+    from annotation.workers import QuickstartBuild
 
     models_dir = Path(args.models_dir) if args.models_dir else admin.default_models_dir()
     args.db = args.db or str(models_dir / "studies.db")
@@ -56,22 +64,23 @@ def main(argv: list[str] | None = None) -> None:
     except AnnotationError as err:
         study_id = None
         print(f"Quickstart study not created: {err}", flush=True)
+    build = None
     if study_id is None and args.build_quickstart:
-        os.environ["SPARSEFIT_MODELS_DIR"] = str(models_dir)  # the backend writes where the app looks
-        print("Building the quickstart predictions (once; a few minutes on a CPU)...", flush=True)
-        try:
-            study_id = admin.build_quickstart(store, progress=lambda fraction, text: print(
-                f"  [{fraction:4.0%}] {text}", flush=True))
-        except AnnotationError as err:
-            print(f"Quickstart not built: {err}", flush=True)
-    if study_id is None:
+        build = QuickstartBuild(models_dir, on_done=lambda path: print(
+            f"Quickstart study {admin.ensure_quickstart_study(store, path)!r} is ready.", flush=True))
+    elif study_id is None:
         print(f"No quickstart predictions at {args.quickstart_predictions}: build them in the Admin tab "
               "(or start with --build-quickstart).", flush=True)
     demo = build_app(args.db, password, models_dir=models_dir,
-                     quickstart_predictions=args.quickstart_predictions, base_url=args.base_url)
+                     quickstart_predictions=args.quickstart_predictions, base_url=args.base_url,
+                     with_demo=not args.no_demo, banner=build.banner if build else None)
     demo.queue(default_concurrency_limit=8)
-    _, local_url, _ = demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True,
-                                  quiet=True, **launch_options())
+    local_url = serve(demo, args.db, host=args.host, port=args.port, max_file_size=args.max_upload,
+                      **launch_options())
+    if build:
+        print("Building the quickstart predictions in the background (once; a few minutes on a CPU); "
+              "the page shows the progress.", flush=True)
+        build.start()
     base = args.base_url or local_url
     if study_id:
         links = [admin.annotator_link(base, a["token"]) for a in
@@ -81,9 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Study {study_id!r} is ready; an annotator link to try it: {links[0]}", flush=True)
     print(f"SparseFit app running on {local_url} (database {args.db}); started in "
           f"{time.perf_counter() - STARTED:.1f}s; torch imported: {'torch' in sys.modules}", flush=True)
+    # SIGTERM ends like Ctrl-C, so exit handlers stop the worker processes (demo model, quickstart build)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         demo.block_thread()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         demo.close()
 
 

@@ -49,10 +49,11 @@ def annotator_link(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}/?{urlencode({'token': token})}"
 
 
-def prolific_link(base_url: str, study_id: str) -> str:
-    """The study URL to paste into Prolific; Prolific fills in the {{%...%}} placeholders."""
+def prolific_link(base_url: str, study_id: str, entry_key: str) -> str:
+    """The study URL to paste into Prolific; Prolific fills in the {{%...%}} placeholders. `entry_key`
+    (studies.entry_key) is the secret without which an open link does not let anyone in."""
     placeholders = "&".join(f"{key}={value}" for key, value in PROLIFIC_PLACEHOLDERS.items())
-    return f"{base_url.rstrip('/')}/?{urlencode({'study': study_id})}&{placeholders}"
+    return f"{base_url.rstrip('/')}/?{urlencode({'study': study_id, 'key': entry_key})}&{placeholders}"
 
 
 def ensure_quickstart_study(store: Store, predictions: str | Path | None = None) -> str | None:

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--abandon-minutes", type=int, default=30, help="minutes before an open item returns to the pool")
     create.add_argument("--seed", type=int, default=0, help="selection seed")
     create.add_argument("--name", default=None, help="study name (default: the predictions file name)")
+    create.add_argument("--max-signups", type=int, default=None,
+                        help="cap on open (Prolific) sign-ups for this study (default: no cap)")
+    create.add_argument("--max-field-chars", type=int, default=None,
+                        help="longest text accepted in a predictions field (default 20000)")
     create.set_defaults(run=_study_create)
     listing = study.add_parser("list", help="list the studies in a database")
     listing.add_argument("--db", required=True)
@@ -65,7 +69,7 @@ def _study_create(args: argparse.Namespace) -> None:
     study_id = store.create_study(args.predictions, StudySettings(
         preset=args.preset, items_per_page=args.items_per_page, annotators_per_item=args.annotators_per_item,
         only_correct=args.only_correct, per_label=args.per_label, seed=args.seed, name=args.name,
-        abandon_minutes=args.abandon_minutes))
+        abandon_minutes=args.abandon_minutes, max_signups=args.max_signups, max_field_chars=args.max_field_chars))
     study = store.study(study_id)
     print(f"created study {study_id}: {store.study_progress(study_id)['items']} items, preset "
           f"{study['preset']}, {study['annotators_per_item']} annotators per item, "
@@ -89,10 +93,13 @@ def _study_list(args: argparse.Namespace) -> None:
 
 
 def _annotators_add(args: argparse.Namespace) -> None:
-    made = Store(args.db).add_annotators(args.study, args.count)
+    store = Store(args.db)
+    made = store.add_annotators(args.study, args.count)
     for annotator in made:
         print(admin.annotator_link(args.base_url, annotator.token))
-    print(f"Prolific study URL: {admin.prolific_link(args.base_url, args.study)}", file=sys.stderr)
+    key = store.study(args.study)["entry_key"]
+    print(f"Prolific study URL (keep it private; it lets anyone in): "
+          f"{admin.prolific_link(args.base_url, args.study, key)}", file=sys.stderr)
 
 
 def _annotators_progress(args: argparse.Namespace) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 
 from annotation.errors import AnnotationError
 from annotation.protocol import question_for
-from annotation.store import GATE_FAILED, Annotator, Assignment, RatingInput, Store
+from annotation.store import GATE_FAILED, SUBMITTED, Annotator, Assignment, RatingInput, Store
 
 FIELD_NAMES = {"sent0": "Statement 1", "sent1": "Statement 2"}
 SLOTS = "AB"
+ASK = object()  # AnnotatorFlow.current: "ask the store for the next assignment"
 PROLIFIC_COMPLETE_URL = "https://app.prolific.com/submissions/complete?cc={code}"
 
 
@@ -28,8 +29,9 @@ class AnnotatorFlow:
 
     # ---------------------------------------------------------------- public calls
     def start(self, token: str = "", study: str = "", prolific_pid: str = "", prolific_study_id: str = "",
-              session_id: str = "") -> dict[str, Any]:
-        """Open (or resume) an annotator's session from their link parameters."""
+              session_id: str = "", key: str = "") -> dict[str, Any]:
+        """Open (or resume) an annotator's session from their link parameters. Open (Prolific) entry needs
+        the study's secret `key` from the full study URL."""
         try:
             if token:
                 annotator = self.store.annotator_by_token(token.strip())
@@ -38,7 +40,8 @@ class AnnotatorFlow:
                     raise AnnotationError("the link names no study; open the study from Prolific again",
                                           field="study")
                 annotator = self.store.sign_in_prolific(study.strip(), prolific_pid.strip(),
-                                                        prolific_study_id.strip(), session_id.strip())
+                                                        prolific_study_id.strip(), session_id.strip(),
+                                                        entry_key=(key or "").strip())
             else:
                 return error_view("Open the personal link you were given to start rating.")
         except AnnotationError as err:
@@ -51,13 +54,13 @@ class AnnotatorFlow:
         except AnnotationError as err:
             return error_view(err.reason)
         try:
-            assignment = self.store.answer_gate(annotator, _as_int(assignment_id), answer)
+            assignment, following = self.store.answer_gate_and_next(annotator, _as_int(assignment_id), answer)
         except AnnotationError as err:
             return self.current(annotator, message=err.reason, error=True)
         if assignment.status == GATE_FAILED:
             return self.current(annotator, message="That was not the expected answer, so this item ends "
-                                "here. Here is the next one.")
-        return self.current(annotator)
+                                "here. Here is the next one.", following=following)
+        return self.current(annotator, following=following)
 
     def submit(self, token: str, assignment_id: int | float | str, rating_a: str, rating_b: str = "",
                shortcomings_a: list[str] | None = None, shortcomings_b: list[str] | None = None,
@@ -69,20 +72,26 @@ class AnnotatorFlow:
             return error_view(err.reason)
         try:
             assignment = self.store.assignment(annotator, _as_int(assignment_id))
+            if assignment.status == SUBMITTED:  # final: a resent or replayed submission changes nothing
+                return self.current(annotator, message="This item was already saved; your first answers "
+                                    "are kept.")
             given = [(rating_a, shortcomings_a), (rating_b, shortcomings_b)]
             ratings = {question: RatingInput(rating=given[i][0] or "", shortcomings=list(given[i][1] or []))
                        for i, question in enumerate(assignment.order)}
-            self.store.submit(annotator, assignment.id, ratings, comment or "")
+            _, following = self.store.submit_and_next(annotator, assignment.id, ratings, comment or "")
         except AnnotationError as err:
             return self.current(annotator, message=err.reason, error=True)
-        return self.current(annotator, message="Saved.")
+        return self.current(annotator, message="Saved.", following=following)
 
     # ---------------------------------------------------------------- views
-    def current(self, annotator: Annotator, message: str = "", error: bool = False) -> dict[str, Any]:
+    def current(self, annotator: Annotator, message: str = "", error: bool = False,
+                following: Assignment | None | object = ASK) -> dict[str, Any]:
+        """The annotator's view now; `following` is the next assignment when the caller already has it
+        (chosen in the same transaction as the write), else it is asked for."""
         study = self.store.study(annotator.study_id)
         protocol = study["protocol"]
         try:
-            assignment = self.store.next_assignment(annotator)
+            assignment = self.store.next_assignment(annotator) if following is ASK else following
         except AnnotationError as err:
             return error_view(err.reason)
         progress = self.store.progress(annotator)
@@ -96,18 +105,22 @@ class AnnotatorFlow:
         return {**base, **self._item_view(assignment, protocol)}
 
     def _done_view(self, annotator: Annotator, study: dict, progress) -> dict[str, Any]:
-        code = study["completion_code"]
+        """The end screen. The code is the one the store recorded as earned (page full or pool empty, at
+        least one item rated, not blocked at the gate); nothing else shows a code."""
+        code = progress.completion_code
         view = {"stage": "done", "completion_code": code,
                 "progress": {"done": progress.done, "total": progress.quota,
                              "text": f"{progress.done} of {progress.quota} done"}}
-        if progress.done >= progress.quota:
+        if progress.blocked:
+            view["thanks"] = ("This study has ended for you: several answers in a row did not match the "
+                              "expected answer. Thank you for your time.")
+        elif progress.done >= progress.quota and code:
             view["thanks"] = "Thank you! You have finished all your items."
-        elif progress.done:
+        elif code:
             view["thanks"] = "Thank you! There are no more items for you right now."
         else:
             view["thanks"] = "There are no items for you right now. Please come back later."
-            view["completion_code"] = ""
-        if annotator.source == "prolific" and view["completion_code"]:
+        if annotator.source == "prolific" and code:
             view["completion_url"] = PROLIFIC_COMPLETE_URL.format(code=code)
         return view
 

@@ -21,6 +21,9 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "binary_positive": list, "gate": dict, "rate": list, "shortcomings": list,
     "judge_as_if_label_correct": bool, "comment": bool, "defaults": dict,
 }
+# Under the "block" policy, this many wrong gate answers in a row end the study for a participant (no more
+# items, no completion code): clicking through the gate at random must not earn a code.
+GATE_FAILURE_LIMIT = 3
 DEFAULTS = {"items_per_page": 10, "annotators_per_item": 3, "only_correct": True, "per_label": 2}
 
 
@@ -74,6 +77,7 @@ def validate_preset(data: Any, *, source: str = "<preset>") -> dict[str, Any]:
             raise fail("each shortcoming needs string 'value' and 'label'", f"shortcomings[{index}]")
     data = dict(data)
     data["defaults"] = {**DEFAULTS, **data["defaults"]}
+    data["gate"] = {"max_failures_in_row": GATE_FAILURE_LIMIT, **data["gate"]}
     return data
 
 
@@ -104,6 +108,9 @@ def _validate_gate_and_rate(data: dict, fail) -> None:
         raise fail("expected true or false", "gate.enabled")
     if gate.get("policy") not in GATE_POLICIES:
         raise fail(f"expected one of {GATE_POLICIES}", "gate.policy")
+    limit = gate.get("max_failures_in_row", GATE_FAILURE_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise fail("expected a whole number >= 0 (0 = no limit)", "gate.max_failures_in_row")
     rate = data["rate"]
     if not rate or any(r not in RATABLE for r in rate) or len(set(rate)) != len(rate):
         raise fail(f"expected a non-empty list of distinct values from {RATABLE}", "rate")

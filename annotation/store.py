@@ -8,11 +8,19 @@ given the same item twice, and a retried submission replaces its ratings instead
 Assignment life cycle: assigned -> submitted | gate_failed | abandoned. `assigned` and `submitted` count
 towards an item's target; an `assigned` row older than the study's `abandon_minutes` becomes `abandoned`
 (the item goes back to the pool) the next time anyone asks for work in that study.
+
+Invariants (tests/test_store.py drives them through random interleavings):
+- an item never holds more than `annotators_per_item` assigned + submitted rows;
+- an annotator holds at most one `assigned` row, and assigned + submitted + gate_failed <= items_per_page;
+- a submitted assignment is final: a resubmission returns it unchanged and writes nothing;
+- a completion code is earned (and recorded on the annotator) only when the page is full or the pool is
+  empty, after at least one submitted item, and never by an annotator blocked at the gate.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import random
 import re
@@ -27,14 +35,26 @@ from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
+from annotation import backend
 from annotation.errors import AnnotationError
-from annotation.protocol import load_preset, scale_score, validate_preset
-from annotation.schema import ABANDONED, ASSIGNED, SUBMITTED, open_db
+from annotation.protocol import GATE_FAILURE_LIMIT, load_preset, scale_score, validate_preset
+from annotation.schema import ABANDONED, ASSIGNED, SUBMITTED, new_entry_key, open_db
 
 GATE_FAILED = "gate_failed"  # a wrong gate answer under the "block" policy: recorded, no ratings
 COUNTED = (ASSIGNED, SUBMITTED)  # statuses that hold one of an item's annotator slots
 DONE = (SUBMITTED, GATE_FAILED)  # statuses that count towards an annotator's page of items
 NONE_SHORTCOMING = "none"
+
+# One lock per database file in this process: writers queue here (a fast hand-off) instead of in SQLite's
+# busy handler, which sleeps in growing steps. BEGIN IMMEDIATE still guards against other processes.
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    key = str(path.resolve())
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(key, threading.Lock())
 
 
 def utc_now() -> datetime:
@@ -56,6 +76,8 @@ class StudySettings:
     seed: int = 0
     name: str | None = None
     abandon_minutes: int = 30
+    max_signups: int | None = None  # cap on open (Prolific) sign-ups; None = no cap
+    max_field_chars: int | None = None  # longest string in a predictions record (None = the reader's default)
 
 
 @dataclass
@@ -66,6 +88,8 @@ class Annotator:
     source: str  # "link" or "prolific"
     prolific_pid: str | None = None
     completed_at: str | None = None
+    completion_code: str | None = None
+    blocked_at: str | None = None
 
 
 @dataclass
@@ -94,6 +118,8 @@ class Progress:
     gate_failed: int
     quota: int
     completed: bool
+    completion_code: str = ""  # set only once earned
+    blocked: bool = False  # too many wrong gate answers in a row: no more items, no code
 
 
 def slugify(text: str) -> str:
@@ -108,6 +134,8 @@ class Store:
         self.clock = clock
         self._local = threading.local()
         self._local.db = open_db(self.path)  # creates the schema up front; this thread's connection
+        self._lock = _write_lock(self.path)
+        self._protocols: dict[str, tuple[str, str, dict]] = {}  # study id -> (created_at, text, parsed)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -120,13 +148,14 @@ class Store:
     def transaction(self) -> Iterator[sqlite_utils.Database]:
         """An immediate (write-locking) transaction, committed before the block's caller goes on."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _rows(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
         cursor = self.db.execute(sql, params)
@@ -146,13 +175,13 @@ class Store:
         only_correct = bool(pick(settings.only_correct, "only_correct"))
         per_label = int(pick(settings.per_label, "per_label") or 0)
         for name, value in (("items_per_page", items_per_page), ("annotators_per_item", per_item),
-                            ("abandon_minutes", settings.abandon_minutes)):
+                            ("abandon_minutes", settings.abandon_minutes), ("max_signups", settings.max_signups or 1)):
             if value < 1:
                 raise AnnotationError(f"must be at least 1, got {value}", field=name)
         if per_label < 0:
             raise AnnotationError(f"must be 0 (all) or more, got {per_label}", field="per_label")
 
-        records = read_records(predictions_path)
+        records = read_records(predictions_path, max_field_chars=settings.max_field_chars)
         chosen, selection = select_items(records, only_correct=only_correct, per_label=per_label,
                                          seed=settings.seed, path=str(predictions_path))
         protocol["resolved"] = {"gate_questions": gate_questions(records, protocol)}
@@ -164,11 +193,11 @@ class Store:
             db.execute(
                 "INSERT INTO studies (id, name, created_at, preset, protocol_json, predictions_path, "
                 "predictions_sha256, items_per_page, annotators_per_item, selection_json, abandon_minutes, "
-                "completion_code, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "completion_code, status, entry_key, max_signups) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (study_id, name, iso(self.clock()), protocol["name"], json.dumps(protocol),
                  str(Path(predictions_path).resolve()), file_sha256(predictions_path), items_per_page,
                  per_item, json.dumps({**selection, "seed": settings.seed}), settings.abandon_minutes,
-                 "SF-" + secrets.token_hex(4).upper(), "open"))
+                 "SF-" + secrets.token_hex(8).upper(), "open", new_entry_key(), settings.max_signups))
             db.conn.executemany(
                 "INSERT INTO items (id, study_id, record_id, position, dataset, gold_label, pred_label, "
                 "correct, model, method, record_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -185,13 +214,25 @@ class Store:
             "FROM studies s ORDER BY s.created_at")
 
     def study(self, study_id: str) -> dict[str, Any]:
-        rows = self._rows("SELECT * FROM studies WHERE id = ?", [study_id])
+        """The study row with `protocol` and `selection` parsed. The protocol never changes after creation
+        and can be large (per-record gate options of a 100k-item study), so it is read and parsed once per
+        study and shared: callers must not modify it."""
+        columns = self._study_columns()
+        rows = self._rows(f"SELECT {columns} FROM studies WHERE id = ?", [study_id])
         if not rows:
             raise AnnotationError(f"no study {study_id!r} in {self.path} (see `study list`)", field="study")
         row = rows[0]
-        row["protocol"] = json.loads(row["protocol_json"])
+        cached = self._protocols.get(study_id)
+        if cached is None or cached[0] != row["created_at"]:  # same id, new study: read it again
+            text = self.db.execute("SELECT protocol_json FROM studies WHERE id = ?", [study_id]).fetchone()[0]
+            cached = self._protocols[study_id] = (row["created_at"], text, json.loads(text))
+        row["protocol_json"], row["protocol"] = cached[1], cached[2]
         row["selection"] = json.loads(row["selection_json"])
         return row
+
+    def _study_columns(self) -> str:
+        names = [r[1] for r in self.db.execute("PRAGMA table_info(studies)").fetchall()]
+        return ", ".join(f'"{n}"' for n in names if n != "protocol_json")
 
     def item(self, item_id: str) -> dict[str, Any]:
         row = self._rows("SELECT * FROM items WHERE id = ?", [item_id])[0]
@@ -220,17 +261,29 @@ class Store:
         return _annotator(rows[0])
 
     def sign_in_prolific(self, study_id: str, prolific_pid: str, prolific_study_id: str = "",
-                         session_id: str = "") -> Annotator:
-        """Create or get the annotator for a Prolific participant in a study (one per PROLIFIC_PID)."""
+                         session_id: str = "", entry_key: str = "") -> Annotator:
+        """Create or get the annotator for a Prolific participant in a study (one per PROLIFIC_PID).
+
+        The link must carry the study's secret `entry_key` (the Admin tab and `annotators add` print the
+        whole URL): the study id alone is visible to every participant, so it must not open the study.
+        New sign-ups stop at the study's `max_signups`; someone already signed up may always come back."""
         if not prolific_pid or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", prolific_pid):
             raise AnnotationError("the link has no valid PROLIFIC_PID; open the study from Prolific again",
                                   field="PROLIFIC_PID")
-        self.study(study_id)
+        rows = self._rows("SELECT id, entry_key, max_signups FROM studies WHERE id = ?", [study_id])
+        if not rows or not hmac.compare_digest((entry_key or "").encode(), (rows[0]["entry_key"] or "").encode()):
+            # one message for "no such study" and "wrong key", so the reply does not confirm study ids
+            raise AnnotationError("this study link is incomplete or not valid; open the study from Prolific "
+                                  "again, or ask the researcher for the full link", field="key")
+        cap = rows[0]["max_signups"]
         with self.transaction() as db:
             rows = self._rows("SELECT * FROM annotators WHERE study_id = ? AND prolific_pid = ?",
                               [study_id, prolific_pid])
             if rows:
                 return _annotator(rows[0])
+            if cap is not None and db.execute("SELECT count(*) FROM annotators WHERE study_id = ? AND "
+                                              "source = 'prolific'", [study_id]).fetchone()[0] >= cap:
+                raise AnnotationError("this study is full; thank you for your interest", field="study")
             annotator = Annotator(id="p-" + secrets.token_hex(6), study_id=study_id,
                                   token=secrets.token_urlsafe(16), source="prolific", prolific_pid=prolific_pid)
             db.execute(
@@ -242,29 +295,38 @@ class Store:
 
     # ---------------------------------------------------------------- assignment
     def next_assignment(self, annotator: Annotator) -> Assignment | None:
-        """The annotator's open item (resume), else a new one from the pool; None when their page is done
-        or no item has a free slot."""
+        """The annotator's open item (resume), else a new one from the pool; None when their page is done,
+        they are blocked at the gate, or no item has a free slot (then a code is earned if anything was
+        rated)."""
         study = self.study(annotator.study_id)
         with self.transaction() as db:
-            self._expire_abandoned(db, study)
-            current = self._assignments("annotator_id = ? AND status = ?", [annotator.id, ASSIGNED])
-            if current:
-                return current[0]
-            if self._done_count(annotator.id) >= study["items_per_page"]:
-                self._mark_completed(db, annotator.id)
-                return None
-            revived = self._revive_abandoned(db, annotator, study)
-            if revived:
-                return revived
-            item_id = self._pick_item(annotator, study)
-            if item_id is None:
-                return None
-            order = list(study["protocol"]["rate"])
-            random.Random(f"{study['id']}|{item_id}|{annotator.id}").shuffle(order)
-            db.execute("INSERT INTO assignments (study_id, item_id, annotator_id, status, assigned_at, "
-                       "order_json) VALUES (?,?,?,?,?,?)",
-                       (study["id"], item_id, annotator.id, ASSIGNED, iso(self.clock()), json.dumps(order)))
-            return self._assignments("annotator_id = ? AND status = ?", [annotator.id, ASSIGNED])[0]
+            return self._next_locked(db, annotator, study)
+
+    def _next_locked(self, db, annotator: Annotator, study: dict) -> Assignment | None:
+        """next_assignment's work, inside the caller's transaction (a submission and the choice of the next
+        item share one commit, i.e. one fsync)."""
+        self._expire_abandoned(db, study)
+        if self._annotator_row(annotator.id)["blocked_at"]:
+            return None
+        current = self._assignments("annotator_id = ? AND status = ?", [annotator.id, ASSIGNED])
+        if current:
+            return current[0]
+        if self._done_count(annotator.id) >= study["items_per_page"]:
+            self._earn_code(db, annotator, study)
+            return None
+        revived = self._revive_abandoned(db, annotator, study)
+        if revived:
+            return revived
+        item_id = self._pick_item(annotator, study)
+        if item_id is None:
+            self._earn_code(db, annotator, study)  # the pool is empty (for now)
+            return None
+        order = list(study["protocol"]["rate"])
+        random.Random(f"{study['id']}|{item_id}|{annotator.id}").shuffle(order)
+        cursor = db.execute("INSERT INTO assignments (study_id, item_id, annotator_id, status, assigned_at, "
+                            "order_json) VALUES (?,?,?,?,?,?)",
+                            (study["id"], item_id, annotator.id, ASSIGNED, iso(self.clock()), json.dumps(order)))
+        return self._assignments("id = ?", [cursor.lastrowid])[0]
 
     def _expire_abandoned(self, db: sqlite_utils.Database, study: dict) -> None:
         cutoff = iso(self.clock() - timedelta(minutes=study["abandon_minutes"]))
@@ -282,30 +344,40 @@ class Store:
         return None
 
     def _pick_item(self, annotator: Annotator, study: dict) -> str | None:
-        """Prefer items closest to their target, so finished items accumulate; random among ties."""
-        rows = self._rows(
-            "SELECT i.id, (SELECT count(*) FROM assignments a WHERE a.item_id = i.id AND a.status IN (?, ?)) "
-            "AS taken FROM items i WHERE i.study_id = ? AND NOT EXISTS (SELECT 1 FROM assignments a "
-            "WHERE a.item_id = i.id AND a.annotator_id = ?) ORDER BY i.position",
-            [*COUNTED, study["id"], annotator.id])
-        open_rows = [r for r in rows if r["taken"] < study["annotators_per_item"]]
-        if not open_rows:
-            return None
-        most = max(r["taken"] for r in open_rows)
-        candidates = [r["id"] for r in open_rows if r["taken"] == most]
-        return random.Random(f"{annotator.id}|{len(rows)}").choice(candidates)
+        """The fullest item that still has a free slot and that this annotator has not had, so finished
+        items accumulate. One walk down the (study_id, taken, position) index: it skips at most the items
+        this annotator already had, so a call costs O(page size x log n), not a scan of the study."""
+        row = self.db.execute(
+            "SELECT i.id FROM items i WHERE i.study_id = ? AND i.taken < ? AND NOT EXISTS (SELECT 1 FROM "
+            "assignments a WHERE a.item_id = i.id AND a.annotator_id = ?) "
+            "ORDER BY i.taken DESC, i.position DESC LIMIT 1",
+            [study["id"], study["annotators_per_item"], annotator.id]).fetchone()
+        return row[0] if row else None
 
     def _taken(self, item_id: str) -> int:
-        return self.db.execute("SELECT count(*) FROM assignments WHERE item_id = ? AND status IN (?, ?)",
-                               [item_id, *COUNTED]).fetchone()[0]
+        return self.db.execute("SELECT taken FROM items WHERE id = ?", [item_id]).fetchone()[0]
 
     def _done_count(self, annotator_id: str) -> int:
         return self.db.execute("SELECT count(*) FROM assignments WHERE annotator_id = ? AND status IN (?, ?)",
                                [annotator_id, *DONE]).fetchone()[0]
 
-    def _mark_completed(self, db, annotator_id: str) -> None:
-        db.execute("UPDATE annotators SET completed_at = ? WHERE id = ? AND completed_at IS NULL",
-                   (iso(self.clock()), annotator_id))
+    def _annotator_row(self, annotator_id: str) -> dict[str, Any]:
+        return self._rows("SELECT * FROM annotators WHERE id = ?", [annotator_id])[0]
+
+    def _earn_code(self, db, annotator: Annotator, study: dict) -> None:
+        """Record that the annotator earned the completion code: only after at least one submitted item and
+        never when blocked. Link annotators get their own code; Prolific participants get the study's code
+        (Prolific checks it), and this row is the record of who earned it."""
+        row = self._annotator_row(annotator.id)
+        if row["completion_code"] or row["blocked_at"]:
+            return
+        submitted = db.execute("SELECT count(*) FROM assignments WHERE annotator_id = ? AND status = ?",
+                               [annotator.id, SUBMITTED]).fetchone()[0]
+        if not submitted:
+            return
+        code = study["completion_code"] if row["source"] == "prolific" else "SF-" + secrets.token_hex(8).upper()
+        db.execute("UPDATE annotators SET completed_at = coalesce(completed_at, ?), completion_code = ? "
+                   "WHERE id = ?", (iso(self.clock()), code, annotator.id))
 
     def _assignments(self, where: str, params: list) -> list[Assignment]:
         return [_assignment(r) for r in self._rows(f"SELECT * FROM assignments WHERE {where} ORDER BY id", params)]
@@ -319,9 +391,15 @@ class Store:
         return found[0]
 
     def _hold(self, db, assignment: Assignment, study: dict) -> None:
-        """Make sure an abandoned assignment may still be completed (only if its item has a free slot)."""
+        """Make sure the assignment may still be worked on. An abandoned one is taken back only if its item
+        has a free slot, the annotator holds no other item and has room on their page (else a late answer
+        to an old item could push them past their quota)."""
+        if self._annotator_row(assignment.annotator_id)["blocked_at"]:
+            raise AnnotationError("this study has ended for you", field="assignment_id")
         if assignment.status == ABANDONED:
-            if self._taken(assignment.item_id) >= study["annotators_per_item"]:
+            holds_other = self._assignments("annotator_id = ? AND status = ?", [assignment.annotator_id, ASSIGNED])
+            if (holds_other or self._done_count(assignment.annotator_id) >= study["items_per_page"]
+                    or self._taken(assignment.item_id) >= study["annotators_per_item"]):
                 raise AnnotationError("this item timed out and was given to someone else; reload the page "
                                       "to get your next item", field="assignment_id")
             db.execute("UPDATE assignments SET status = ? WHERE id = ?", (ASSIGNED, assignment.id))
@@ -332,60 +410,72 @@ class Store:
 
     # ---------------------------------------------------------------- gate and submission
     def answer_gate(self, annotator: Annotator, assignment_id: int, answer: str) -> Assignment:
+        return self.answer_gate_and_next(annotator, assignment_id, answer)[0]
+
+    def answer_gate_and_next(self, annotator: Annotator, assignment_id: int,
+                             answer: str) -> tuple[Assignment, Assignment | None]:
         """Record the annotator's own answer to the task. Under the "block" policy a wrong answer ends the
-        item for this annotator (no ratings) and frees its slot. The first answer counts."""
+        item for this annotator (no ratings) and frees its slot, and `gate.max_failures_in_row` wrong
+        answers in a row end the study for them (no more items, no completion code). The first answer
+        counts."""
         study = self.study(annotator.study_id)
+        gate = study["protocol"]["gate"]
         with self.transaction() as db:
             assignment = self.assignment(annotator, assignment_id)
             if assignment.gate_answer is not None or assignment.status == SUBMITTED:
-                return assignment
+                return assignment, self._next_locked(db, annotator, study)
             self._hold(db, assignment, study)
             if not (answer or "").strip():
                 raise AnnotationError("choose an answer first", field="gate_answer")
             gold = self.item(assignment.item_id)["gold_label"]
             correct = answer.strip().lower() == gold.strip().lower()
-            blocked = not correct and study["protocol"]["gate"]["policy"] == "block"
+            blocked = not correct and gate["policy"] == "block"
             now = self.clock()
             db.execute("UPDATE assignments SET gate_answer = ?, gate_correct = ? WHERE id = ?",
                        (answer, int(correct), assignment.id))
             if blocked:
                 db.execute("UPDATE assignments SET status = ?, submitted_at = ?, seconds_spent = ? WHERE id = ?",
                            (GATE_FAILED, iso(now), _seconds(assignment.assigned_at, now), assignment.id))
-                if self._done_count(annotator.id) >= study["items_per_page"]:
-                    self._mark_completed(db, annotator.id)
-            return self.assignment(annotator, assignment_id)
+                limit = gate.get("max_failures_in_row", GATE_FAILURE_LIMIT)
+                db.execute("UPDATE annotators SET gate_fail_streak = gate_fail_streak + 1, blocked_at = CASE "
+                           "WHEN ? > 0 AND gate_fail_streak + 1 >= ? THEN ? ELSE blocked_at END WHERE id = ?",
+                           (limit, limit, iso(now), annotator.id))
+            else:
+                db.execute("UPDATE annotators SET gate_fail_streak = 0 WHERE id = ?", (annotator.id,))
+            return self.assignment(annotator, assignment_id), self._next_locked(db, annotator, study)
 
     def submit(self, annotator: Annotator, assignment_id: int, ratings: dict[str, RatingInput],
                comment: str = "") -> Assignment:
+        return self.submit_and_next(annotator, assignment_id, ratings, comment)[0]
+
+    def submit_and_next(self, annotator: Annotator, assignment_id: int, ratings: dict[str, RatingInput],
+                        comment: str = "") -> tuple[Assignment, Assignment | None]:
         """Store the ratings of one item and mark it submitted, in one transaction committed before
-        returning. Idempotent: a retry upserts the same rows (unique per study, item, annotator, question)."""
+        returning. A submitted assignment is final: a retry (double click, resent request, or an attempt
+        to change old answers) returns the stored assignment and writes nothing."""
         study = self.study(annotator.study_id)
         protocol = study["protocol"]
         with self.transaction() as db:
             assignment = self.assignment(annotator, assignment_id)
+            if assignment.status == SUBMITTED:
+                return assignment, self._next_locked(db, annotator, study)
             self._hold(db, assignment, study)
             if protocol["gate"]["enabled"] and assignment.gate_answer is None:
                 raise AnnotationError("answer the question about the item first", field="gate_answer")
             rows = self._rating_rows(protocol, assignment, ratings, comment)
             now = self.clock()
-            seconds = (self._rows("SELECT seconds_spent FROM assignments WHERE id = ?", [assignment.id])[0]
-                       ["seconds_spent"] if assignment.status == SUBMITTED else _seconds(assignment.assigned_at, now))
-            for row in rows:
-                db.execute(
-                    "INSERT INTO ratings (study_id, item_id, annotator_id, question, shown_position, rating, "
-                    "score, shortcomings_json, comment, seconds_spent, created_at, origin) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?, 'app') ON CONFLICT (study_id, item_id, annotator_id, question) "
-                    "DO UPDATE SET shown_position = excluded.shown_position, rating = excluded.rating, "
-                    "score = excluded.score, shortcomings_json = excluded.shortcomings_json, "
-                    "comment = excluded.comment",
-                    (study["id"], assignment.item_id, annotator.id, row["question"], row["shown_position"],
-                     row["rating"], row["score"], row["shortcomings_json"], comment or "", seconds, iso(now)))
-            if assignment.status != SUBMITTED:
-                db.execute("UPDATE assignments SET status = ?, submitted_at = ?, seconds_spent = ? WHERE id = ?",
-                           (SUBMITTED, iso(now), seconds, assignment.id))
-            if self._done_count(annotator.id) >= study["items_per_page"]:
-                self._mark_completed(db, annotator.id)
-            return self.assignment(annotator, assignment_id)
+            seconds = _seconds(assignment.assigned_at, now)
+            db.conn.executemany(
+                "INSERT INTO ratings (study_id, item_id, annotator_id, question, shown_position, rating, "
+                "score, shortcomings_json, comment, seconds_spent, created_at, origin) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?, 'app')",
+                [(study["id"], assignment.item_id, annotator.id, row["question"], row["shown_position"],
+                  row["rating"], row["score"], row["shortcomings_json"], comment or "", seconds, iso(now))
+                 for row in rows])
+            db.execute("UPDATE assignments SET status = ?, submitted_at = ?, seconds_spent = ? WHERE id = ?",
+                       (SUBMITTED, iso(now), seconds, assignment.id))
+            assignment.status = SUBMITTED
+            return assignment, self._next_locked(db, annotator, study)
 
     def _rating_rows(self, protocol: dict, assignment: Assignment, ratings: dict[str, RatingInput],
                      comment: str) -> list[dict[str, Any]]:
@@ -423,9 +513,10 @@ class Store:
             "SELECT status, count(*) FROM assignments WHERE annotator_id = ? GROUP BY status",
             [annotator.id]).fetchall())
         submitted, failed = counts.get(SUBMITTED, 0), counts.get(GATE_FAILED, 0)
-        completed = self._rows("SELECT completed_at FROM annotators WHERE id = ?", [annotator.id])[0]
+        row = self._annotator_row(annotator.id)
         return Progress(done=submitted + failed, submitted=submitted, gate_failed=failed,
-                        quota=study["items_per_page"], completed=completed["completed_at"] is not None)
+                        quota=study["items_per_page"], completed=row["completed_at"] is not None,
+                        completion_code=row["completion_code"] or "", blocked=bool(row["blocked_at"]))
 
     def annotator_progress(self, study_id: str) -> list[dict[str, Any]]:
         """One row per annotator of a study: counts, median seconds per item, last activity."""
@@ -457,14 +548,11 @@ class Store:
 # -------------------------------------------------------------------- helpers
 
 
-def read_records(path: str | Path):
+def read_records(path: str | Path, max_field_chars: int | None = None):
     """Validate a predictions file with the backend's torch-free reader; its errors become ours."""
-    from sparsefit.errors import SparseFitError
-    from sparsefit.predictions import read_predictions
-
     try:
-        return read_predictions(path)
-    except SparseFitError as err:
+        return backend.read_predictions(path, **({"max_field_chars": max_field_chars} if max_field_chars else {}))
+    except backend.SparseFitError as err:
         raise AnnotationError(str(err)) from err
 
 
@@ -536,11 +624,9 @@ def _with_gold(options: list[str], gold_labels: list[str]) -> list[str]:
 
 def _backend_gate_question(dataset: str, inputs: dict[str, str] | None = None) -> dict[str, Any] | None:
     """`sparsefit.prompts.gate_question` (pure Python) when it knows the dataset; None otherwise."""
-    from sparsefit.errors import SparseFitError
-    from sparsefit.prompts import gate_question  # pure Python, no torch
     try:
-        answer = gate_question(dataset, inputs)
-    except (SparseFitError, LookupError, ValueError, TypeError):  # a user task the backend does not know
+        answer = backend.gate_question(dataset, inputs)
+    except (backend.SparseFitError, LookupError, ValueError, TypeError):  # a user task the backend does not know
         return None
     return answer if isinstance(answer, dict) else None
 
@@ -555,7 +641,8 @@ def _seconds(assigned_at: str, now: datetime) -> float:
 
 def _annotator(row: dict) -> Annotator:
     return Annotator(id=row["id"], study_id=row["study_id"], token=row["token"], source=row["source"],
-                     prolific_pid=row.get("prolific_pid"), completed_at=row.get("completed_at"))
+                     prolific_pid=row.get("prolific_pid"), completed_at=row.get("completed_at"),
+                     completion_code=row.get("completion_code"), blocked_at=row.get("blocked_at"))
 
 
 def _assignment(row: dict) -> Assignment:

@@ -22,13 +22,14 @@ from annotation.errors import AnnotationError
 from annotation.flow import AnnotatorFlow, field_title
 from annotation.protocol import list_presets
 from annotation.store import Store, StudySettings
-from sparsefit.inference import INPUT_FIELDS  # torch-free at import time
+from annotation.backend import INPUT_FIELDS
 
 CUSTOM_PRESET = "custom (upload a preset file)"
 DEMO_DATASETS = ["esnli", "comve", "ecqa", "sbic", "sample-nli"]
 DEMO_MAX_FIELDS = 6
 BUILTIN_MODELS = ["default", "tiny-t5", "tiny-causal"]
 PRIVATE = {"api_visibility": "private"}
+FAST = {**PRIVATE, "queue": False}  # annotator events: no queue round trip (see _annotate_tab)
 
 CSS = """
 .sf-fields {display: grid; gap: .6rem; margin: .2rem 0 .4rem;}
@@ -138,17 +139,24 @@ def launch_options() -> dict[str, Any]:
 
 
 def build_app(db_path: str | Path, admin_password: str, *, models_dir: str | Path | None = None,
-              quickstart_predictions: str | Path | None = None, base_url: str = "") -> gr.Blocks:
-    """The whole app. `models_dir` defaults to the backend's ($SPARSEFIT_MODELS_DIR or models/)."""
+              quickstart_predictions: str | Path | None = None, base_url: str = "",
+              with_demo: bool = True, banner: Callable[[], str] | None = None) -> gr.Blocks:
+    """The whole app. `models_dir` defaults to the backend's ($SPARSEFIT_MODELS_DIR or models/).
+    `with_demo=False` leaves out the Demo tab and its endpoints; `banner` (e.g. the quickstart build's
+    progress) is shown at the top and refreshed while it has something to say."""
     models_dir = Path(models_dir) if models_dir else admin.default_models_dir()
     quickstart_predictions = Path(quickstart_predictions or admin.quickstart_predictions())
     store = Store(db_path)
     flow = AnnotatorFlow(store)
     gate = admin.AdminGate(admin_password)
     with gr.Blocks(title="SparseFit: explanations") as demo:
-        with gr.Tabs(selected="demo") as tabs:
-            with gr.Tab("Demo", id="demo"):
-                _demo_tab(Path(models_dir))
+        if banner is not None:
+            _banner(demo, banner)
+        with gr.Tabs(selected="demo" if with_demo else "annotate") as tabs:
+            if with_demo:
+                with gr.Tab("Demo", id="demo"):
+                    from annotation.workers import DemoWorker
+                    _demo_tab(Path(models_dir), DemoWorker())
             with gr.Tab("Annotate", id="annotate"):
                 annotate = _annotate_tab(flow)
             with gr.Tab("Admin", id="admin"):
@@ -168,7 +176,7 @@ def build_app(db_path: str | Path, admin_password: str, *, models_dir: str | Pat
 def _read_link(request: gr.Request):
     """Link parameters from the URL; annotators see only the Annotate tab."""
     query = dict(request.query_params) if request else {}
-    values = [query.get(k, "") for k in ("token", "study", "PROLIFIC_PID", "STUDY_ID", "SESSION_ID")]
+    values = [query.get(k, "") for k in ("token", "study", "PROLIFIC_PID", "STUDY_ID", "SESSION_ID", "key")]
     is_annotator = bool(values[0] or values[2])
     # Gradio 6 ignores visibility updates of tabs, so annotators get a style rule hiding the tab bar
     style = "<style>.tab-wrapper {display: none !important;}</style>" if is_annotator else ""
@@ -179,6 +187,7 @@ def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":
     token = gr.Textbox(visible=False)
     study = gr.Textbox(visible=False)
     pid, prolific_study, session = gr.Textbox(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False)
+    key = gr.Textbox(visible=False)  # the study's entry key from an open (Prolific) link
     assignment = gr.Textbox(visible=False)
     view = gr.JSON(visible=False)
 
@@ -228,25 +237,28 @@ def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":
              "done"], screen)))
 
     def start(token_value: str, study_value: str, pid_value: str, prolific_study_value: str,
-              session_value: str) -> dict:
+              session_value: str, key_value: str = "") -> dict:
         return flow.start(token_value or "", study_value or "", pid_value or "", prolific_study_value or "",
-                          session_value or "")
+                          session_value or "", key=key_value or "")
 
-    # The browser sends its widgets' values; scripts use the string-typed API endpoints below.
-    link = [token, study, pid, prolific_study, session]
-    entry_button.click(lambda code: (code or "").strip(), token_entry, token, **PRIVATE) \
-        .then(start, link, view, **PRIVATE) \
-        .then(render, [view, assignment], screen, **PRIVATE)
-    gate_button.click(flow.answer_gate, [token, assignment, gate_radio], view, **PRIVATE) \
-        .then(render, [view, assignment], screen, **PRIVATE)
-    submit.click(flow.submit, [token, assignment, rating_a, rating_b, short_a, short_b, comment], view, **PRIVATE) \
-        .then(render, [view, assignment], screen, **PRIVATE)
+    # The browser sends its widgets' values; scripts use the string-typed API endpoints below (or the
+    # JSON routes of annotation/server.py, which skip Gradio's queue).
+    link = [token, study, pid, prolific_study, session, key]
+    # Annotator events skip Gradio's queue (queue=False): each is a few ms of store work, and the queue's
+    # bookkeeping and event stream cost more server CPU than the work itself.
+    entry_button.click(lambda code: (code or "").strip(), token_entry, token, **FAST) \
+        .then(start, link, view, **FAST) \
+        .then(render, [view, assignment], screen, **FAST)
+    gate_button.click(flow.answer_gate, [token, assignment, gate_radio], view, **FAST) \
+        .then(render, [view, assignment], screen, **FAST)
+    submit.click(flow.submit, [token, assignment, rating_a, rating_b, short_a, short_b, comment], view, **FAST) \
+        .then(render, [view, assignment], screen, **FAST)
 
     def annotator_start(token: str = "", study: str = "", prolific_pid: str = "", prolific_study_id: str = "",
-                        session_id: str = "") -> dict:
-        """Open or resume a session: give `token`, or `study` + `prolific_pid` (+ Prolific STUDY_ID and
-        SESSION_ID). Returns the current view (stage gate | rate | done | error)."""
-        return start(token, study, prolific_pid, prolific_study_id, session_id)
+                        session_id: str = "", key: str = "") -> dict:
+        """Open or resume a session: give `token`, or `study` + its entry `key` + `prolific_pid` (+ Prolific
+        STUDY_ID and SESSION_ID). Returns the current view (stage gate | rate | done | error)."""
+        return start(token, study, prolific_pid, prolific_study_id, session_id, key)
 
     def annotator_answer_gate(token: str, assignment_id: str, answer: str) -> dict:
         """The annotator's own answer to the task (one of view.gate.options); returns the next view."""
@@ -260,7 +272,8 @@ def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":
                            _value_list(shortcomings_b), comment)
 
     for endpoint in (annotator_start, annotator_answer_gate, annotator_submit):
-        gr.api(endpoint, api_name=endpoint.__name__)
+        # no concurrency cap: the store serialises writes itself, and reads need not wait for each other
+        gr.api(endpoint, api_name=endpoint.__name__, concurrency_limit=None)
     return AnnotateTab(link=link, view=view, assignment=assignment, screen=screen, start=start, render=render)
 
 
@@ -469,7 +482,7 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
         root = _base_url(request, base or "")
         updates = refresh(study_id)
         updates.update({links: "\n".join(admin.annotator_link(root, a.token) for a in made),
-                        prolific: admin.prolific_link(root, study_id),
+                        prolific: admin.prolific_link(root, study_id, store.study(study_id)["entry_key"]),
                         status: message_html(f"Added {len(made)} annotators to {study_id}.")})
         return updates
 
@@ -514,29 +527,38 @@ def _results_tab(db_path: str, gate: admin.AdminGate, password: gr.Textbox) -> N
 
 # ------------------------------------------------------------------------ demo
 
-_PREDICTORS: dict[str, Any] = {}  # cache: loaded models by name
-
-
 def list_runs(models_dir: Path) -> list[str]:
     """Fine-tuned run folders under models/ (a manifest and a delta); sorted by path for a stable menu."""
-    from sparsefit.paths import list_checkpoints  # torch-free
+    from annotation.backend import list_checkpoints  # torch-free
     return sorted(list_checkpoints(models_dir))
 
 
-def _load_predictor(model: str, allowed: list[str], progress=None):
+def _demo_call(action: Callable[[Callable | None], Any], model: str, allowed: list[str], progress=None):
+    """Run a demo request in the model worker process (never in this server); errors become messages."""
     if model not in allowed:
         raise gr.Error(f"unknown model {model!r}; choose one from the list")
-    if model not in _PREDICTORS:
-        try:
-            from sparsefit.inference import Predictor
-        except ImportError as err:
-            raise gr.Error(f"the model backend is not available: {err}") from err
-        report = (lambda fraction, text: progress(fraction, desc=text)) if progress else None
-        try:
-            _PREDICTORS[model] = Predictor.load(model, progress=report)
-        except Exception as err:  # the backend's SparseFitError or an I/O error: show it, not a traceback
-            raise gr.Error(f"could not load {model}: {err}") from err
-    return _PREDICTORS[model]
+    report = (lambda fraction, text: progress(fraction, desc=text)) if progress else None
+    try:
+        return action(report)
+    except AnnotationError as err:
+        raise gr.Error(f"{model}: {err}") from err
+
+
+def _client(request: gr.Request | None) -> str:
+    return (request.client.host if request and request.client else "") or "unknown"
+
+
+def _banner(demo: gr.Blocks, text: Callable[[], str]) -> None:
+    """A status line at the top (the quickstart build's progress), polled only while it says something."""
+    line = gr.Markdown("", elem_id="sf-banner")
+    timer = gr.Timer(2.0, active=False)
+
+    def refresh():
+        current = text()
+        return gr.Markdown(current, visible=bool(current)), gr.Timer(active=bool(current))
+
+    timer.tick(refresh, None, [line, timer], **PRIVATE)
+    demo.load(refresh, None, [line, timer], **PRIVATE)
 
 
 def _run_label(run: str, models_dir: Path) -> str:
@@ -550,7 +572,7 @@ def _field_label(name: str) -> str:
     return f"Choice {name}" if len(name) == 1 else field_title(name)
 
 
-def _demo_tab(models_dir: Path) -> None:
+def _demo_tab(models_dir: Path, worker) -> None:
     gr.Markdown("Type an input and see the model's predicted label and explanation. The first use loads the "
                 "model (about a minute for the default).")
     with gr.Row():
@@ -584,23 +606,22 @@ def _demo_tab(models_dir: Path) -> None:
                 else gr.Textbox(visible=False, value="")
                 for i in range(DEMO_MAX_FIELDS)]
 
-    def load_model(model_name: str, progress=gr.Progress()) -> str:
-        """demo_load_model: load (and cache) a model; returns a status line."""
-        _load_predictor(model_name, allowed(), progress)
+    def load_model(model_name: str, request: gr.Request, progress=gr.Progress()) -> str:
+        """demo_load_model: load (and cache) a model in the worker process; returns a status line."""
+        _demo_call(lambda report: worker.load(model_name, _client(request), report), model_name, allowed(), progress)
         return f"Loaded **{model_name}**."
 
-    def run(model_name: str, task: str, *values: str, progress=gr.Progress()):
+    def run(model_name: str, task: str, f1: str, f2: str, f3: str, f4: str, f5: str, f6: str,
+            request: gr.Request, progress=gr.Progress()):
         """demo_predict: label, explanation, prompt and raw generation for the typed inputs."""
-        predictor = _load_predictor(model_name, allowed(), progress)
+        values = (f1, f2, f3, f4, f5, f6)  # DEMO_MAX_FIELDS, spelled out: Gradio injects `request` by position
         names = field_names(task)
-        inputs = {name: (values[i] or "").strip() for i, name in enumerate(names[:DEMO_MAX_FIELDS])}
+        inputs = {name: (values[i] or "").strip()[:2000] for i, name in enumerate(names[:DEMO_MAX_FIELDS])}
         missing = [name for name, text in inputs.items() if not text]
         if missing:
             raise gr.Error(f"fill in: {', '.join(missing)}")
-        try:
-            result = predictor.predict(task, inputs)
-        except Exception as err:  # show the backend's message instead of a traceback
-            raise gr.Error(f"prediction failed: {err}") from err
+        result = _demo_call(lambda report: worker.predict(model_name, task, inputs, _client(request), report),
+                            model_name, allowed(), progress)
         return result["label"], result["explanation"], result.get("prompt", ""), result.get("raw_generation", "")
 
     dataset.change(show_fields, [model, dataset], fields, **PRIVATE)

@@ -210,7 +210,13 @@ def dataset_stats(examples: Sequence[Example]) -> dict[str, Any]:
 
 def _read_text(path: Path) -> str:
     """UTF-8 (a BOM is allowed); a bad byte is reported with its line number."""
-    data = path.read_bytes()
+    path = Path(path)
+    if path.is_dir():
+        raise SparseFitError("this is a folder; give the path of a file", path=str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SparseFitError(f"cannot read the file ({err.strerror or err})", path=str(path)) from err
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -452,18 +458,65 @@ _ECQA_SPLITS = {"train": "train", "dev": "val", "validation": "val", "val": "val
 _CQA_SPLIT_FILES = {"train": "train_rand_split.jsonl", "val": "dev_rand_split.jsonl"}
 
 
-def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; bad encoding or JSON names the file and line."""
+MAX_JSON_DEPTH = 32  # no record needs more; far deeper input is an attack or a bug (and overflows the parser)
+
+
+class _NonFinite:
+    """What `NaN`/`Infinity` parse to, so the walk below can name the field that holds one."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def jsonl_objects(path: Path, *, max_string: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; bad encoding or JSON names the file and line.
+
+    Strict JSON: NaN/Infinity (which Python's json accepts but no other JSON reader does), lone UTF-16
+    surrogates (which cannot be stored as UTF-8), nesting deeper than MAX_JSON_DEPTH and, when given,
+    strings longer than `max_string` characters are refused with the file, line and field."""
     for line, text in enumerate(_read_lines(path), start=1):
         if not text.strip():
             continue
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, parse_constant=_NonFinite)
         except json.JSONDecodeError as err:
             raise SparseFitError(f"invalid JSON ({err.msg} at column {err.colno})", path=str(path), line=line) from err
+        except RecursionError as err:
+            raise SparseFitError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", path=str(path),
+                                 line=line) from err
         if not isinstance(obj, dict):
             raise SparseFitError("expected a JSON object per line", path=str(path), line=line)
+        problem = _json_problem(obj, max_string)
+        if problem:
+            raise SparseFitError(problem[1], path=str(path), line=line, field=problem[0] or None)
         yield line, obj
+
+
+def _json_problem(obj: Any, max_string: int | None) -> tuple[str, str] | None:
+    """(field path, message) of the first value a strict JSON reader or the UTF-8 store would refuse."""
+    stack: list[tuple[Any, str, int]] = [(obj, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return where.split("[")[0].split(".")[0], f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, _NonFinite):
+            return where, f"{value.text} is not a JSON number; write null for a missing value"
+        if isinstance(value, str):
+            if max_string is not None and len(value) > max_string:
+                return where, (f"text of {len(value)} characters is longer than the limit of {max_string} "
+                               "(raise it with --max-field-chars if this is intended)")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where, "contains an invalid \\u escape (a lone UTF-16 surrogate such as \\ud800)"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{where}.{key}" if where else str(key)
+                stack.append((key, name, depth + 1))
+                stack.append((item, name, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+    return None
 
 
 def ecqa_explanation(positives: Sequence[str]) -> str:

@@ -28,6 +28,7 @@ Optional: `label_options` ([str], the task's label set, used for the annotation 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -42,6 +43,9 @@ REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "seed": (int, type(None)), "metrics": dict,
 }
 OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {"label_options": list, "scorer": dict}
+# Longest text in any field. Real records are a few hundred characters; the limit keeps a bad or hostile
+# file from filling the study database and every annotator's page. `study create --max-field-chars` raises it.
+DEFAULT_MAX_FIELD_CHARS = 20_000
 
 
 @dataclass
@@ -67,7 +71,14 @@ class PredictionRecord:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        # a metric that came out NaN (e.g. an empty generation) is a missing value: JSON has no NaN
+        data["metrics"] = {k: _finite_or_none(v) for k, v in data["metrics"].items()}
+        data["trainable_percent"] = _finite_or_none(data["trainable_percent"])
         return {k: v for k, v in data.items() if not (k in OPTIONAL_FIELDS and v is None)}
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
@@ -111,14 +122,21 @@ def validate_record(obj: Any, *, path: str = "<predictions>", line: int | None =
     return PredictionRecord(**{k: v for k, v in obj.items() if k in known})
 
 
-def read_predictions(path: str | Path) -> list[PredictionRecord]:
-    """Read and validate a whole predictions file; the first bad line stops with its location."""
+def read_predictions(path: str | Path, max_field_chars: int = DEFAULT_MAX_FIELD_CHARS) -> list[PredictionRecord]:
+    """Read and validate a whole predictions file; the first bad line stops with its location.
+
+    Strict JSON (no NaN/Infinity, no lone surrogates, bounded nesting) and no text longer than
+    `max_field_chars`, so whatever is accepted can be stored, exported and analysed."""
     path = Path(path)
     if not path.exists():
         raise SparseFitError("predictions file not found", path=str(path))
+    if path.is_dir():
+        raise SparseFitError("this is a folder; give the path of the predictions .jsonl file", path=str(path))
+    if max_field_chars < 1:
+        raise SparseFitError(f"must be at least 1, got {max_field_chars}", field="max_field_chars")
     records: list[PredictionRecord] = []
     seen: dict[str, int] = {}
-    for number, obj in jsonl_objects(path):
+    for number, obj in jsonl_objects(path, max_string=max_field_chars):
         record = validate_record(obj, path=str(path), line=number)
         if record.id in seen:
             raise SparseFitError(f"duplicate id {record.id!r} (first on line {seen[record.id]})",
@@ -137,6 +155,6 @@ def write_predictions(path: str | Path, records: Iterable[PredictionRecord]) -> 
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as out:
         for record in records:
-            out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+            out.write(json.dumps(record.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
     tmp.replace(path)
     return path

@@ -25,6 +25,7 @@ ADMIN_PASSWORD = "test-admin-secret"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
+    from annotation.server import serve
     from annotation.ui import build_app, launch_options
 
     folder = tmp_path_factory.mktemp("app")
@@ -34,8 +35,7 @@ def app(tmp_path_factory):
                      quickstart_predictions=folder / "none.jsonl")
     port = free_port()
     demo.queue()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_options())
+    serve(demo, db_path, host="127.0.0.1", port=port, **launch_options())
     yield {"url": f"http://127.0.0.1:{port}/", "db": db_path, "predictions": predictions, "store": Store(db_path)}
     demo.close()
 
@@ -75,7 +75,7 @@ def test_two_annotators_rate_through_the_api(app):
             assert "gold_label" not in text and "pred_label" not in text and "\"gold\"" not in text
             seen[person.id].append(store.db["assignments"].get(view["assignment_id"])["item_id"])
             view = complete_item(api, store, person.token, view)
-        assert view["completion_code"] == store.study(study)["completion_code"]
+        assert view["completion_code"] == store.db["annotators"].get(person.id)["completion_code"]
     # overlap: one annotator per item, so the three items are split between the two people
     assert len(seen[alice.id]) == 2 and len(seen[bob.id]) == 1
     items = seen[alice.id] + seen[bob.id]
@@ -129,13 +129,18 @@ def test_prolific_sign_in_and_completion_code(app):
     store: Store = app["store"]
     study = store.create_study(app["predictions"], StudySettings(per_label=1, items_per_page=1, name="prolific"))
     api = client(app)
-    view = api.predict("", study, "PID123", "PSTUDY", "SESSION1", api_name="/annotator_start")
+    key = store.study(study)["entry_key"]
+    forged = api.predict("", study, "any-made-up-PID", "", "", api_name="/annotator_start")  # the call
+    assert forged["stage"] == "error" and "not valid" in forged["message"]
+    view = api.predict("", study, "PID123", "PSTUDY", "SESSION1", key, api_name="/annotator_start")
     assert view["stage"] == "gate" and view["token"]
-    again = api.predict("", study, "PID123", "PSTUDY", "SESSION2", api_name="/annotator_start")
+    again = api.predict("", study, "PID123", "PSTUDY", "SESSION2", key, api_name="/annotator_start")
     assert again["assignment_id"] == view["assignment_id"]  # same participant, same annotator
     done = complete_item(api, store, view["token"], view)
     assert done["stage"] == "done" and done["completion_code"] in done["completion_url"]
+    assert done["completion_code"] == store.study(study)["completion_code"]  # Prolific checks the study's code
     assert store.db["annotators"].count_where("study_id = ? AND prolific_pid = 'PID123'", [study]) == 1
+    assert store.db["annotators"].count_where("study_id = ?", [study]) == 1  # the made-up PID left no trace
 
 
 def test_only_the_documented_endpoints_are_callable(app):
@@ -184,3 +189,109 @@ def test_demo_predicts_with_the_tiny_model(app):
     label, explanation, prompt, raw = api.predict("tiny-t5", "esnli", "A man plays a guitar.", "A man makes music.",
                                                   "", "", "", "", api_name="/demo_predict")
     assert isinstance(label, str) and explanation.strip() and "guitar" in prompt  # random weights: any text
+    import multiprocessing
+    assert "sparsefit-demo" in {p.name for p in multiprocessing.active_children()}  # the model is not in here
+
+
+def test_demo_requests_are_rate_limited_per_client():
+    from annotation.errors import AnnotationError
+    from annotation.workers import DemoWorker, RateLimiter
+    limiter = RateLimiter(3, 60)
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False] and limiter.allow("b")
+    worker = DemoWorker(per_client_per_minute=0)
+    with pytest.raises(AnnotationError, match="too many demo requests"):
+        worker.predict("tiny-t5", "esnli", {"premise": "x", "hypothesis": "y"}, client="1.2.3.4")
+    assert worker._process is None  # refused before any model process was started
+
+
+def post(app, route: str, body) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(app["url"] + "api/annotator/" + route, data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_json_routes_run_the_same_flow(app):
+    store: Store = app["store"]
+    study = store.create_study(app["predictions"], StudySettings(per_label=1, items_per_page=1, name="json"))
+    token = store.add_annotators(study, 1)[0].token
+    status, view = post(app, "start", {"token": token})
+    assert status == 200 and view["stage"] == "gate"
+    status, rate = post(app, "gate", {"token": token, "assignment_id": view["assignment_id"],
+                                      "answer": gold_of(store, view)})
+    assert rate["stage"] == "rate"
+    status, done = post(app, "submit", {"token": token, "assignment_id": str(view["assignment_id"]),
+                                        "rating_a": "yes", "rating_b": "no", "comment": "json"})
+    assert done["stage"] == "done" and done["completion_code"]
+    replay = post(app, "submit", {"token": token, "assignment_id": view["assignment_id"], "rating_a": "no",
+                                  "rating_b": "no", "comment": "rewritten"})[1]
+    assert "already saved" in replay["message"]
+    assert {r["comment"] for r in store.db["ratings"].rows_where("study_id = ?", [study])} == {"json"}
+    assert post(app, "submit", b"[1, 2")[0] == 400
+    assert post(app, "submit", {"token": 5})[0] == 400
+    assert post(app, "start", b"x" * 70_000)[0] == 413
+    status, fake = post(app, "start", {"study": study, "prolific_pid": "made-up"})
+    assert status == 200 and fake["stage"] == "error"
+
+
+def test_no_demo_leaves_out_the_demo_endpoints(tmp_path):
+    from gradio_client import Client
+
+    from annotation.server import serve
+    from annotation.ui import build_app, launch_options
+    demo = build_app(tmp_path / "s.db", ADMIN_PASSWORD, models_dir=tmp_path, quickstart_predictions=tmp_path / "no",
+                     with_demo=False)
+    port = free_port()
+    demo.queue()
+    serve(demo, tmp_path / "s.db", port=port, **launch_options())
+    try:
+        info = Client(f"http://127.0.0.1:{port}/", verbose=False).view_api(return_format="dict", print_info=False)
+        assert not {n for n in info["named_endpoints"] if n.startswith("/demo_")}
+        assert "/annotator_submit" in info["named_endpoints"]
+    finally:
+        demo.close()
+
+
+def test_build_quickstart_serves_at_once_and_stops_its_worker(tmp_path):
+    port = free_port()
+    env = {**os.environ, "SPARSEFIT_ADMIN_PASSWORD": "pw", "SPARSEFIT_MODELS_DIR": str(tmp_path / "models")}
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--db", str(tmp_path / "s.db"), "--port", str(port), "--no-demo",
+         "--models-dir", str(tmp_path / "models"), "--build-quickstart"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started, lines = time.monotonic(), []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "SparseFit app running" in line or time.monotonic() - started > 60:
+                break
+        assert any("in the background" in l for l in lines), "".join(lines)
+        assert time.monotonic() - started < 30, "".join(lines)  # no waiting for a build of minutes
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as page:
+            assert page.status == 200
+        children = _children(process.pid)
+        assert children, "the build runs in a child process"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    time.sleep(1)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and
+                "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

@@ -107,7 +107,7 @@ def test_complete_an_item_with_the_keyboard(served, browser, tmp_path):
     for key in ("2", "2", "Enter"):
         page.keyboard.press(key)
     page.wait_for_selector("#sf-completion-code", timeout=20000)
-    assert page.locator("#sf-completion-code").inner_text() == store.study(served["studies"]["clean"])["completion_code"]
+    assert page.locator("#sf-completion-code").inner_text() == store.db["annotators"].get(annotator.id)["completion_code"]
     assert not page.locator("#sf-submit").is_visible()
     page.close()
 
@@ -192,4 +192,22 @@ def test_shortcomings_checklist_is_required_and_stored(served, browser):
                                "WHERE annotator_id = ? ORDER BY shown_position", [annotator.id]))
     assert [(r["shown_position"], r["rating"], json.loads(r["shortcomings_json"])) for r in rows] == [
         (1, "weak_yes", ["restates_input"]), (2, "no", ["insufficient", "confusing_or_wrong"])]
+    page.close()
+
+
+def test_prolific_entry_needs_the_full_study_url(served, browser):
+    from annotation.admin import prolific_link
+    store: Store = served["store"]
+    study = served["studies"]["clean"]
+    full = prolific_link(served["url"], study, store.study(study)["entry_key"])
+    page = browser.new_page()
+    page.goto(full.replace("{{%PROLIFIC_PID%}}", "REALPID").replace("{{%STUDY_ID%}}", "S").replace(
+        "{{%SESSION_ID%}}", "X"))
+    page.wait_for_selector("#sf-gate input[type=radio]", timeout=30000)
+    page.goto(f"{served['url']}?study={study}&PROLIFIC_PID=MADEUP")  # the study id alone, as every view shows it
+    page.wait_for_function("(document.querySelector('#sf-message')?.innerText || '').includes('not valid')",
+                           timeout=30000)
+    assert not page.locator("#sf-gate").is_visible()
+    assert store.db["annotators"].count_where("prolific_pid = 'MADEUP'") == 0
+    assert store.db["annotators"].count_where("prolific_pid = 'REALPID'") == 1
     page.close()

@@ -78,19 +78,24 @@ def test_each_item_gets_exactly_k_annotators_and_nobody_twice(tmp_path, predicti
     assert max(store.progress(a).done for a in annotators) == 4
 
 
-def test_double_submit_is_idempotent_and_a_retry_replaces(tmp_path, predictions):
+def test_a_submission_is_final_and_a_resubmission_changes_nothing(tmp_path, predictions):
     store = make_store(tmp_path)
     study = store.create_study(predictions, StudySettings(per_label=1))
     annotator = store.add_annotators(study, 1)[0]
     assignment = store.next_assignment(annotator)
     store.answer_gate(annotator, assignment.id, store.item(assignment.item_id)["gold_label"])
-    ratings = {q: RatingInput("yes") for q in assignment.order}
-    store.submit(annotator, assignment.id, ratings)
-    store.submit(annotator, assignment.id, ratings)
-    store.submit(annotator, assignment.id, {q: RatingInput("no") for q in assignment.order})
-    rows = list(store.db["ratings"].rows)
-    assert len(rows) == 2 and {r["rating"] for r in rows} == {"no"} and {r["score"] for r in rows} == {0.0}
-    assert {r["shown_position"] for r in rows} == {1, 2}
+    store.submit(annotator, assignment.id, {q: RatingInput("yes") for q in assignment.order}, "first")
+    before = [dict(r) for r in store.db["ratings"].rows]
+    store.submit(annotator, assignment.id, {q: RatingInput("yes") for q in assignment.order})  # double click
+    store.submit(annotator, assignment.id, {q: RatingInput("no") for q in assignment.order}, "changed my mind")
+    # the hostile replay from the issue, through the flow: an old, submitted assignment id with new values
+    flow = AnnotatorFlow(store)
+    store.next_assignment(annotator)  # the annotator has moved on to another item
+    replay = flow.submit(annotator.token, assignment.id, "no", "no", comment="rewritten")
+    assert replay["ok"] and "already saved" in replay["message"]
+    assert [dict(r) for r in store.db["ratings"].rows] == before  # not one byte changed
+    assert {r["rating"] for r in before} == {"yes"} and {r["comment"] for r in before} == {"first"}
+    assert {r["shown_position"] for r in before} == {1, 2}
     # the ratings are on disk: a brand-new connection sees them
     assert sqlite3.connect(tmp_path / "studies.db").execute("SELECT count(*) FROM ratings").fetchone()[0] == 2
 
@@ -231,3 +236,187 @@ def test_preset_without_gate_rates_only_the_model_explanation(tmp_path, predicti
     after = flow.submit(token, view["assignment_id"], "weak_no")
     assert after["ok"] and after["progress"]["text"] == "Item 2 of 10"
     assert [(r["question"], r["score"]) for r in store.db["ratings"].rows] == [("model", 1 / 3)]
+
+
+# ------------------------------------------------------------------ holes from the hostile-participant review
+
+
+def test_a_made_up_prolific_id_cannot_enter_without_the_study_key(tmp_path, predictions):
+    store = make_store(tmp_path)
+    study = store.create_study(predictions, StudySettings(per_label=2, max_signups=2))
+    key = store.study(study)["entry_key"]
+    flow = AnnotatorFlow(store)
+    for wrong in ("", "guess", key[:-1]):
+        view = flow.start(study=study, prolific_pid="any-made-up-PID", key=wrong)
+        assert view["stage"] == "error" and "not valid" in view["message"]
+    unknown = flow.start(study="no-such-study", prolific_pid="PID", key=key)
+    assert unknown["message"] == flow.start(study=study, prolific_pid="PID", key="x")["message"]  # no oracle
+    assert store.db["annotators"].count == 0 and store.db["assignments"].count == 0
+    first = flow.start(study=study, prolific_pid="P1", key=key)
+    assert first["stage"] == "gate"
+    assert flow.start(study=study, prolific_pid="P2", key=key)["stage"] == "gate"
+    full = flow.start(study=study, prolific_pid="P3", key=key)
+    assert full["stage"] == "error" and "full" in full["message"]
+    assert flow.start(study=study, prolific_pid="P1", key=key)["assignment_id"] == first["assignment_id"]
+
+
+def test_no_completion_code_without_work(tmp_path, predictions):
+    store = make_store(tmp_path)
+    study = store.create_study(predictions, StudySettings(per_label=3, items_per_page=10))
+    flow = AnnotatorFlow(store)
+    key = store.study(study)["entry_key"]
+    view = flow.start(study=study, prolific_pid="CLICKER", key=key)
+    for _ in range(10):  # the attack from the issue: wrong gate answers as fast as possible
+        if view["stage"] != "gate":
+            break
+        gold = store.item(store.assignment(_by_token(store, view["token"]), view["assignment_id"]).item_id)["gold_label"]
+        view = flow.answer_gate(view["token"], view["assignment_id"], next(o for o in view["gate"]["options"]
+                                                                          if o != gold))
+    assert view["stage"] == "done" and view["completion_code"] == "" and "completion_url" not in view
+    assert "ended for you" in view["thanks"]
+    assert store.db.execute("SELECT count(*) FROM assignments WHERE status = 'gate_failed'").fetchone()[0] == 3
+    row = store.db.execute("SELECT completion_code, blocked_at FROM annotators").fetchone()
+    assert row[0] is None and row[1]
+    # a page filled only with gate failures (fewer than the limit) earns no code either
+    small = store.create_study(predictions, StudySettings(per_label=1, items_per_page=2, name="small"))
+    other = store.add_annotators(small, 1)[0]
+    for _ in range(2):
+        a = store.next_assignment(other)
+        store.answer_gate(other, a.id, "definitely-wrong")
+    done = flow.start(token=other.token)
+    assert done["stage"] == "done" and done["completion_code"] == "" and done["progress"]["done"] == 2
+    # real work earns a personal code, recorded on the annotator
+    worker = store.add_annotators(small, 1)[0]
+    while (a := store.next_assignment(worker)) is not None:
+        rate_all(store, worker, a)
+    earned = flow.start(token=worker.token)
+    assert earned["completion_code"].startswith("SF-") and earned["completion_code"] != store.study(small)["completion_code"]
+    assert store.db["annotators"].get(worker.id)["completion_code"] == earned["completion_code"]
+
+
+def _by_token(store: Store, token: str):
+    return store.annotator_by_token(token)
+
+
+def test_quota_and_slots_hold_under_random_interleavings(tmp_path, predictions):
+    """Abandon, re-hold, late answers to old items and new items in random order: after every step no item
+    holds more than k slots, nobody holds two items and nobody's page goes past its quota."""
+    import random as random_module
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    study = store.create_study(predictions, StudySettings(per_label=2, annotators_per_item=2, items_per_page=1,
+                                                          abandon_minutes=5))
+    people = store.add_annotators(study, 6)
+    seen: dict[str, list] = {p.id: [] for p in people}
+    rng = random_module.Random(7)
+    for _ in range(600):
+        person = rng.choice(people)
+        action = rng.random()
+        try:
+            if action < 0.35:
+                got = store.next_assignment(person)
+                if got:
+                    seen[person.id].append(got)
+            elif action < 0.5:
+                clock.now += timedelta(minutes=rng.choice([1, 6]))  # sometimes long enough to abandon
+            elif seen[person.id]:
+                old = rng.choice(seen[person.id])  # any item this person ever had, current or long gone
+                if action < 0.7:
+                    store.answer_gate(person, old.id, store.item(old.item_id)["gold_label"])
+                else:
+                    store.submit(person, old.id, {q: RatingInput("yes") for q in old.order})
+        except AnnotationError:
+            pass  # refusals are fine; breaking an invariant is not
+        _assert_invariants(store, study, quota=1, per_item=2)
+    assert store.db.execute("SELECT count(*) FROM assignments WHERE status = 'submitted'").fetchone()[0] > 0
+
+
+def _assert_invariants(store: Store, study: str, *, quota: int, per_item: int) -> None:
+    over_item = store.db.execute(
+        "SELECT item_id, count(*) FROM assignments WHERE study_id = ? AND status IN ('assigned', 'submitted') "
+        "GROUP BY item_id HAVING count(*) > ?", [study, per_item]).fetchall()
+    over_page = store.db.execute(
+        "SELECT annotator_id, sum(status IN ('assigned', 'submitted', 'gate_failed')), sum(status = 'assigned') "
+        "FROM assignments WHERE study_id = ? GROUP BY annotator_id HAVING sum(status IN ('assigned', "
+        "'submitted', 'gate_failed')) > ? OR sum(status = 'assigned') > 1", [study, quota]).fetchall()
+    drift = store.db.execute(
+        "SELECT i.id FROM items i WHERE i.study_id = ? AND i.taken != (SELECT count(*) FROM assignments a "
+        "WHERE a.item_id = i.id AND a.status IN ('assigned', 'submitted'))", [study]).fetchall()
+    assert not over_item and not over_page and not drift, (over_item, over_page, drift)
+
+
+def test_next_item_comes_from_an_index_not_a_scan(tmp_path, predictions):
+    store = make_store(tmp_path)
+    study = store.create_study(predictions, StudySettings(per_label=2))
+    plan = " | ".join(row[3] for row in store.db.execute(
+        "EXPLAIN QUERY PLAN SELECT i.id FROM items i WHERE i.study_id = ? AND i.taken < ? AND NOT EXISTS "
+        "(SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.annotator_id = ?) "
+        "ORDER BY i.taken DESC, i.position DESC LIMIT 1", [study, 3, "x"]).fetchall())
+    assert "USING INDEX" in plan and "TEMP B-TREE" not in plan and "SCAN i " not in plan + " ", plan
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path, predictions):
+    store = make_store(tmp_path)
+    study = store.create_study(predictions, StudySettings(per_label=1, annotators_per_item=2))
+    annotator = store.add_annotators(study, 1)[0]
+    rate_all(store, annotator, store.next_assignment(annotator))
+    conn = sqlite3.connect(tmp_path / "studies.db")
+    for table, column in (("studies", "entry_key"), ("studies", "max_signups"), ("annotators", "completion_code"),
+                          ("annotators", "gate_fail_streak"), ("annotators", "blocked_at")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    for name in ("items_taken_insert", "items_taken_update", "items_taken_delete"):
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("DROP INDEX idx_items_study_id_taken_position")
+    conn.execute("ALTER TABLE items DROP COLUMN taken")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    migrated = Store(tmp_path / "studies.db")
+    assert migrated.study(study)["entry_key"]
+    held = migrated.db.execute("SELECT count(*) FROM assignments WHERE status IN ('assigned', 'submitted')").fetchone()[0]
+    assert held == 2 and migrated.db.execute("SELECT sum(taken) FROM items").fetchone()[0] == held
+    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert migrated.db["ratings"].count == 2  # nothing stored was lost
+    second = migrated.add_annotators(study, 1)[0]
+    assert migrated.next_assignment(second).item_id == migrated.db["assignments"].get(1)["item_id"]  # fullest first
+    _assert_invariants(migrated, study, quota=10, per_item=2)
+
+
+def test_predictions_with_nan_deep_nesting_surrogates_or_a_folder_are_refused(tmp_path, predictions):
+    lines = predictions.read_text().splitlines()
+    cases = {"nan": ('"metrics": {"bleu": NaN}', "field 'metrics.bleu'", "NaN"),
+             "inf": ('"trainable_percent": Infinity', "field 'trainable_percent'", "Infinity"),
+             "deep": ('"extra": ' + "[" * 5000 + "]" * 5000, "nested deeper", "nested deeper"),
+             "surrogate": ('"label_options": ["\\ud800"]', "field 'label_options[0]'", "surrogate"),
+             "huge": ('"prompt": "' + "x" * 30_000 + '"', "field 'prompt'", "longer than the limit")}
+    store = make_store(tmp_path)
+    for name, (extra, where, what) in cases.items():
+        bad = tmp_path / f"{name}.jsonl"
+        bad.write_text(lines[0] + "\n" + lines[1][:-1] + ", " + extra + "}\n")
+        with pytest.raises(AnnotationError) as info:
+            store.create_study(bad)
+        message = str(info.value)
+        assert f"{name}.jsonl:2" in message and where in message and what in message, message
+        assert "\n" not in message
+    with pytest.raises(AnnotationError, match="is a folder"):
+        store.create_study(tmp_path)
+    assert store.db["studies"].count == 0
+    big = tmp_path / "big-ok.jsonl"
+    big.write_text(lines[0] + "\n" + lines[1][:-1] + ', "prompt": "' + "x" * 30_000 + '"}\n')
+    assert store.create_study(big, StudySettings(per_label=0, only_correct=False, max_field_chars=50_000))
+
+
+def test_cli_refuses_a_folder_or_a_nan_file_in_one_line(tmp_path, predictions, capsys):
+    from annotation.cli import main
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text(predictions.read_text().splitlines()[0][:-1] + ', "metrics": {"bleu": NaN}}\n')
+    for bad in (tmp_path, nan):
+        with pytest.raises(SystemExit) as info:
+            main(["study", "create", "--db", str(tmp_path / "s.db"), "--predictions", str(bad)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "nan.jsonl:1, field 'metrics.bleu'" in err
+    main(["study", "create", "--db", str(tmp_path / "s.db"), "--predictions", str(predictions), "--name", "c"])
+    main(["annotators", "add", "--db", str(tmp_path / "s.db"), "--study", "c", "--count", "1"])
+    url = capsys.readouterr().err.split()[-1]
+    assert "key=" + Store(tmp_path / "s.db").study("c")["entry_key"] in url and "PROLIFIC_PID" in url
