@@ -163,8 +163,11 @@ class CompiledLoss:
 
     def fall_back(self, err: BaseException) -> None:
         self.active = False
-        reason = (str(err).strip().splitlines() or [""])[0][:160]
-        print(f"torch.compile failed ({type(err).__name__}: {reason}): continuing in eager mode", file=sys.stderr)
+        root = err  # dynamo wraps the compiler's own error (BackendCompilerFailed -> the real cause)
+        while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None and inner is not root:
+            root = inner
+        reason = " ".join(str(root).split())[:200] or type(root).__name__
+        print(f"torch.compile failed ({type(root).__name__}: {reason}): continuing in eager mode", file=sys.stderr)
 
 
 def _forward_backward(method: SparseMethod, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn,
