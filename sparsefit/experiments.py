@@ -179,7 +179,8 @@ def run_episodes(variants: Sequence[Variant], out_root: str | Path, seeds: Seque
                 if backbone_id != config.model:
                     from sparsefit.backbones import load_backbone
                     backbone, backbone_id = None, None  # free the previous model first
-                    backbone, backbone_id = load_backbone(config.model), config.model
+                    backbone = load_backbone(config.model, device=config.device, dtype=config.dtype)
+                    backbone_id = config.model
                 bar.set_postfix_str(f"{variant.label} seed {seed}")
                 seed_everything(seed)
                 result = episode_fn(config, folder, backbone=backbone, progress=False)
