@@ -36,6 +36,8 @@ class Backbone:
     arch: Arch
     model_id: str
     fingerprint: str
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
 
     @property
     def is_seq2seq(self) -> bool:
@@ -210,9 +212,14 @@ def resolve_model_path(model_id: str, progress: Progress | None = None) -> str:
 
 
 def load_backbone(model_id: str = "default", *, progress: Progress | None = None,
-                  dtype: torch.dtype = torch.float32, device: str = "cpu") -> Backbone:
-    """Load model + tokenizer. Hub ids need the hub (or its cache); local folders work offline."""
+                  dtype: str | torch.dtype | None = "float32", device: str | torch.device | None = "auto") -> Backbone:
+    """Load model + tokenizer onto `device` ("auto": CUDA when available) in `dtype` ("float32"/"bfloat16").
+
+    Hub ids need the hub (or its cache); local folders work offline. The fingerprint is taken from the fp32
+    weights before the cast, so a delta trained in bf16 loads onto an fp32 base and vice versa.
+    """
     from transformers import AutoConfig, AutoTokenizer
+    target_device, target_dtype = resolve_placement(device, dtype)  # a bad --device fails before any loading
     path = resolve_model_path(model_id, progress)
     _report(progress, 0.96, f"Loading {model_id}")
     started = time.perf_counter()
@@ -224,14 +231,32 @@ def load_backbone(model_id: str = "default", *, progress: Progress | None = None
                              f"Hugging Face hub is not reachable or has no such id ({err.__class__.__name__})",
                              field="model") from err
     arch = arch_of(config)
-    model = auto_model_class(arch).from_pretrained(path, dtype=dtype).to(device)
+    model = auto_model_class(arch).from_pretrained(path, dtype=torch.float32)
+    fingerprint = fingerprint_model(model)
+    model = model.to(device=target_device, dtype=target_dtype)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    backbone = Backbone(model=model, tokenizer=tokenizer, arch=arch,
-                        model_id=model_id, fingerprint=fingerprint_model(model))
-    _report(progress, 1.0, f"Loaded {model_id} in {time.perf_counter() - started:.1f}s")
+    backbone = Backbone(model=model, tokenizer=tokenizer, arch=arch, model_id=model_id, fingerprint=fingerprint,
+                        device=target_device, dtype=target_dtype)
+    _report(progress, 1.0, f"Loaded {model_id} on {target_device} ({dtype_name(target_dtype)}) in "
+                           f"{time.perf_counter() - started:.1f}s")
     return backbone
+
+
+def resolve_placement(device: str | torch.device | None, dtype: str | torch.dtype | None
+                      ) -> tuple[torch.device, torch.dtype]:
+    """Strings ("auto", "cuda:1", "bfloat16") or torch objects -> a checked (device, dtype) pair."""
+    from sparsefit.device import resolve_device, resolve_dtype
+    resolved_device = resolve_device(str(device) if isinstance(device, torch.device) else device)
+    if isinstance(dtype, torch.dtype):
+        dtype = dtype_name(dtype)
+    return resolved_device, resolve_dtype(dtype, resolved_device)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16" (the name `--dtype` takes and manifests record)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def meta_model(model_id: str) -> tuple[nn.Module, Arch]:

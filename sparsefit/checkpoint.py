@@ -61,18 +61,22 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_delta(run_dir: str | Path, backbone=None, *, progress=None):
+def load_delta(run_dir: str | Path, backbone=None, *, device=None, dtype=None, progress=None):
     """Rebuild a trained model: base model (checked by fingerprint) + method.prepare + saved tensors.
 
     Returns (backbone, model, method, manifest). Loading onto a different base model is refused. A given
-    `backbone` is used in place (its model becomes the trained one): pass a fresh one, or none.
+    `backbone` is used in place (its model becomes the trained one): pass a fresh one, or none. Without one,
+    the base model loads on `device` (None: "auto") in `dtype` (None: the dtype the run trained in).
     """
     from safetensors.torch import load_file
-    from sparsefit.backbones import load_backbone
+    from sparsefit.backbones import load_backbone, resolve_placement
     run_dir = Path(run_dir)
+    if backbone is None:
+        resolve_placement(device, dtype)  # a bad device or dtype is reported before the manifest is read
     manifest = read_manifest(run_dir)
     if backbone is None:
-        backbone = load_backbone(manifest["base_model"], progress=progress)
+        backbone = load_backbone(manifest["base_model"], progress=progress, device=device or "auto",
+                                 dtype=dtype or manifest.get("dtype") or "float32")
     if backbone.fingerprint != manifest["base_fingerprint"]:
         raise SparseFitError(
             f"this delta was trained on base model {manifest['base_model']!r} (fingerprint "

@@ -48,13 +48,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--name")
+    add_device_arguments(parser, compile=True)
+    parser.add_argument("--eval-batch-size", type=int, help="generation batch (default 32 on CPU, 128 on CUDA)")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, *, compile: bool = False) -> None:
+    """--device / --dtype (and --compile for commands that train); checked by sparsefit.device."""
+    parser.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", help="float32 (default) or bfloat16 (weights and compute)")
+    if compile:
+        parser.add_argument("--compile", action="store_true", default=None,
+                            help="torch.compile the training forward (falls back to eager with a message)")
 
 
 def config_from_args(args: argparse.Namespace):
     from sparsefit.config import RunConfig, load_run_config
     config = load_run_config(args.config) if getattr(args, "config", None) else RunConfig()
     for key in ("dataset", "data_path", "train_split", "eval_split", "model", "method", "seed", "n_train",
-                "n_eval", "name"):
+                "n_eval", "name", "device", "dtype", "compile", "eval_batch_size"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(config, key, value)
@@ -64,6 +75,8 @@ def config_from_args(args: argparse.Namespace):
             setattr(config.train, key, value)
     if getattr(args, "method_option", None):
         config.method_options = {**config.method_options, **dict(_parse_option(o) for o in args.method_option)}
+    from sparsefit.backbones import resolve_placement
+    resolve_placement(config.device, config.dtype)  # one line, exit 2, before any folder is made
     return config
 
 
@@ -146,13 +159,15 @@ def _print_summary(results: dict, out: Path) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from sparsefit.runner import predict_to_file
     out = predict_to_file(args.run, args.dataset, args.path, args.split, args.out, n=args.n, seed=args.seed,
-                          score_outputs=not args.no_score)
+                          score_outputs=not args.no_score, device=args.device or "auto", dtype=args.dtype,
+                          eval_batch_size=args.eval_batch_size)
     print(f"predictions written to {out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from sparsefit.runner import evaluate_file
-    summary = evaluate_file(args.predictions, args.out, scorer_model=args.scorer_model, scorer_layers=args.scorer_layers)
+    summary = evaluate_file(args.predictions, args.out, scorer_model=args.scorer_model,
+                            scorer_layers=args.scorer_layers, device=args.device or "auto")
     if args.json:
         _print_json(summary)
     else:
@@ -167,7 +182,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from sparsefit.inference import build_quickstart
-    path = build_quickstart(out_dir=args.out)
+    path = build_quickstart(out_dir=args.out, device=args.device or "auto", dtype=args.dtype or "float32",
+                            compile=bool(args.compile))
     results = json.loads((path.parent / "results.json").read_text())
     _print_summary(results, path.parent)
     print("next: python app.py  (demo + a ready annotation study built from these predictions)")
@@ -211,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="predictions JSONL to write")
     p.add_argument("--no-score", action="store_true", help="skip BERTScore/BLEU/METEOR")
+    add_device_arguments(p)
+    p.add_argument("--eval-batch-size", type=int, help="generation batch (default 32 on CPU, 128 on CUDA)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="score a predictions file (any model's) and print the metrics")
@@ -219,10 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorer-model", default=None, help="BERTScore model (default all-MiniLM-L6-v2 offline)")
     p.add_argument("--scorer-layers", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", help="where BERTScore runs: auto (default: CUDA when available), cpu, cuda[:N]")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("quickstart", help="the embedded default end to end (Gemma-3-270M, sample task)")
     p.add_argument("--out", help="folder (default models/quickstart)")
+    add_device_arguments(p, compile=True)
     p.set_defaults(func=cmd_quickstart)
 
     from sparsefit.experiments import register_cli

@@ -62,7 +62,7 @@ class RunConfig:
     n_eval: int | None = None  # None: FEB default (e.g. 348 for e-SNLI), capped by what the pool has
     train: TrainConfig = field(default_factory=TrainConfig)
     max_new_tokens: int = 48
-    eval_batch_size: int = 32  # CPU throughput kept rising up to 32 (bench/bench_backend.py)
+    eval_batch_size: int | None = None  # None: 32 on CPU (throughput kept rising up to 32), 128 on CUDA
     icl_shots: int = 3  # for method "icl" (in-context prompting, no training)
     scorer: dict[str, Any] = field(default_factory=dict)  # ScorerConfig fields (sparsefit.metrics)
     name: str | None = None

@@ -179,7 +179,8 @@ def run_episodes(variants: Sequence[Variant], out_root: str | Path, seeds: Seque
                 if backbone_id != config.model:
                     from sparsefit.backbones import load_backbone
                     backbone, backbone_id = None, None  # free the previous model first
-                    backbone, backbone_id = load_backbone(config.model), config.model
+                    backbone = load_backbone(config.model, device=config.device, dtype=config.dtype)
+                    backbone_id = config.model
                 bar.set_postfix_str(f"{variant.label} seed {seed}")
                 seed_everything(seed)
                 result = episode_fn(config, folder, backbone=backbone, progress=False)
@@ -345,7 +346,8 @@ def cmd_grid(args: argparse.Namespace) -> None:
 def cmd_nm_export(args: argparse.Namespace) -> None:
     from sparsefit.nm import export_run
     report = export_run(args.run, args.pattern, args.out, targets=args.targets, evaluate=not args.no_eval,
-                        n_eval=args.n_eval, save_model=args.save_model, progress=not args.quiet)
+                        n_eval=args.n_eval, save_model=args.save_model, progress=not args.quiet,
+                        device=args.device or "auto", dtype=args.dtype)
     pruning = report["pruning"]
     print(f"{report['pattern']}: {len(pruning['pruned_layers'])} layers pruned to {100 * pruning['sparsity']:.1f}% "
           f"sparsity, {len(pruning['skipped_layers'])} left dense")
@@ -385,4 +387,6 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy re-evaluation")
     p.add_argument("--save-model", action="store_true", help="also save the pruned merged model")
     p.add_argument("--quiet", action="store_true")
+    from sparsefit.cli import add_device_arguments
+    add_device_arguments(p)
     p.set_defaults(func=cmd_nm_export)

@@ -20,7 +20,7 @@ INPUT_FIELDS = {
 }
 
 
-def quickstart_config():
+def quickstart_config(device: str = "auto", dtype: str = "float32", compile: bool = False):
     """The embedded default: Gemma-3-270M, the bundled sample NLI task, SparseFit's decoder-only preset.
 
     Few steps so it runs in about two minutes on 2 CPU cores; the science check uses the full settings.
@@ -29,19 +29,21 @@ def quickstart_config():
     return RunConfig(dataset="sample-nli", data_path=None, train_split="train", eval_split="train",
                      model="default", method="sparsefit", method_options={"preset": "paper"}, seed=7004,
                      n_train=48, n_eval=None, train=TrainConfig(lr=1e-3, steps=40, batch_size=4),
-                     max_new_tokens=40, name="quickstart")
+                     max_new_tokens=40, name="quickstart", device=device, dtype=dtype, compile=compile)
 
 
-def build_quickstart(progress: Progress | None = None, out_dir: str | Path | None = None) -> Path:
+def build_quickstart(progress: Progress | None = None, out_dir: str | Path | None = None, *,
+                     device: str = "auto", dtype: str = "float32", compile: bool = False) -> Path:
     """Run the embedded default end to end (train → predict → score); returns the predictions file."""
-    from sparsefit.backbones import load_backbone
+    from sparsefit.backbones import load_backbone, resolve_placement
     from sparsefit.runner import run_episode
+    resolve_placement(device, dtype)  # a bad --device stops here, before the model is converted or loaded
     out = Path(out_dir) if out_dir else quickstart_dir()
     report = progress or (lambda fraction, message: None)
     report(0.0, "Loading the default model (the first time converts it, about a minute)")
-    backbone = load_backbone("default", progress=lambda f, m: report(0.3 * f, m))
+    backbone = load_backbone("default", progress=lambda f, m: report(0.3 * f, m), device=device, dtype=dtype)
     report(0.3, "Fine-tuning on the sample task and generating explanations (about two minutes)")
-    run_episode(quickstart_config(), out, backbone=backbone)
+    run_episode(quickstart_config(device, dtype, compile), out, backbone=backbone)
     report(1.0, "Quickstart predictions written")
     return out / "predictions.jsonl"
 
@@ -57,17 +59,21 @@ class Predictor:
     max_new_tokens: int = 48
 
     @classmethod
-    def load(cls, model: str = "default", progress: Progress | None = None) -> "Predictor":
-        """`model`: "default", "tiny-t5", "tiny-causal", a hub id / model folder, "quickstart", or a run folder."""
-        from sparsefit.backbones import load_backbone
+    def load(cls, model: str = "default", progress: Progress | None = None, device: str = "auto",
+             dtype: str = "float32") -> "Predictor":
+        """`model`: "default", "tiny-t5", "tiny-causal", a hub id / model folder, "quickstart", or a run folder.
+
+        `device`: auto (CUDA when available), cpu, cuda or cuda:N; `dtype`: float32 or bfloat16."""
+        from sparsefit.backbones import load_backbone, resolve_placement
         from sparsefit.checkpoint import MANIFEST_FILE, load_delta
+        resolve_placement(device, dtype)
         run_dir = quickstart_dir() if model == QUICKSTART_RUN else Path(model)
         if (run_dir / MANIFEST_FILE).exists():
-            backbone, trained, method, manifest = load_delta(run_dir, progress=progress)
+            backbone, trained, method, manifest = load_delta(run_dir, progress=progress, device=device, dtype=dtype)
             return cls(backbone, method.merge(trained), str(run_dir), manifest)
         if model == QUICKSTART_RUN:
             raise SparseFitError("no quickstart run yet: run `python -m sparsefit quickstart` first")
-        backbone = load_backbone(model, progress=progress)
+        backbone = load_backbone(model, progress=progress, device=device, dtype=dtype)
         return cls(backbone, backbone.model, model)
 
     @staticmethod

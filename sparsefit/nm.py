@@ -181,18 +181,18 @@ def time_semi_structured(model: nn.Module, layer_names: list[str], tokens: int =
 # --- export of a trained run --------------------------------------------------------------------------
 def export_run(run_dir: str | Path, pattern: str, out_dir: str | Path | None = None, *, targets: str = "attn,ffn",
                evaluate: bool = True, n_eval: int | None = None, save_model: bool = False,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, device: str = "auto", dtype: str | None = None) -> dict[str, Any]:
     """Load a run, merge its delta, prune to `pattern`, re-evaluate on the episode's eval set, time on CUDA.
 
     Writes nm_report.json (and predictions.jsonl of the pruned model when evaluating) into `out_dir`
     (default: <run_dir>/nm-<pattern>). The dense numbers come from the run's results.json, or are
-    recomputed when `n_eval` changes the eval set.
+    recomputed when `n_eval` changes the eval set. The model loads on `device` in `dtype` (None: the run's).
     """
     from sparsefit.checkpoint import load_delta
     run_dir = Path(run_dir)
     parsed = parse_pattern(pattern)
     out = Path(out_dir) if out_dir else run_dir / f"nm-{str(parsed).replace(':', '-')}"
-    backbone, model, method, manifest = load_delta(run_dir)
+    backbone, model, method, manifest = load_delta(run_dir, device=device, dtype=dtype)
     out.mkdir(parents=True, exist_ok=True)
     model = method.merge(model)
     model.eval()
@@ -240,7 +240,7 @@ def _evaluate(backbone, model, run_dir: Path, n_eval: int | None, progress: bool
     train_pool, eval_pool = load_pools(config)
     episode = sample_episode(config.dataset, train_pool, eval_pool, config.seed, config.n_train, config.n_eval)
     prompts, generations = predict_examples(backbone, model, episode.eval, config, "", progress)
-    scores, summary = score(episode.eval, generations, config)
+    scores, summary = score(episode.eval, generations, config, backbone.device)
     if predictions_path is not None:
         config.method = f"{config.method}+nm"
         write_predictions(predictions_path, build_records(episode.eval, prompts, generations, scores, config, None))

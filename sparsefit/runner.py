@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from sparsefit.backbones import Backbone, load_backbone
+from sparsefit.backbones import Backbone, dtype_name, load_backbone, resolve_placement
 from sparsefit.checkpoint import save_delta, write_manifest
 from sparsefit.config import RunConfig, save_run_config
 from sparsefit.methods.base import count_parameters, get_method
@@ -73,7 +73,7 @@ def predict_examples(backbone: Backbone, model: nn.Module, examples: Sequence, c
     from sparsefit.prompts import format_input, is_correct, parse_generation
     prompts = [prefix + format_input(e) for e in examples]
     started = time.perf_counter()
-    raw = generate(backbone, model, prompts, batch_size=config.eval_batch_size,
+    raw = generate(backbone, model, prompts, batch_size=config.eval_batch_size,  # None: the device's default
                    max_new_tokens=config.max_new_tokens,
                    max_input_length=config.train.max_input_length * (1 + config.icl_shots if prefix else 1),
                    progress=progress)
@@ -83,9 +83,10 @@ def predict_examples(backbone: Backbone, model: nn.Module, examples: Sequence, c
                                 correct=correct, seconds=time.perf_counter() - started)
 
 
-def score(examples: Sequence, generations: Generations, config: RunConfig):
+def score(examples: Sequence, generations: Generations, config: RunConfig, device: torch.device | None = None):
+    """BERTScore runs on `device` (the run's) unless the config's scorer names another."""
     from sparsefit.metrics import ScorerConfig, score_explanations, summarize
-    scorer = ScorerConfig(**config.scorer)
+    scorer = ScorerConfig(**{**({"device": str(device)} if device is not None else {}), **config.scorer})
     scores = score_explanations(generations.explanations, [list(e.explanations) for e in examples], scorer)
     return scores, summarize(generations.correct, scores)
 
@@ -118,18 +119,19 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
     """
     from sparsefit.data import data_hash
     from sparsefit.episodes import sample_episode
+    device, dtype = resolve_placement(config.device, config.dtype)  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / "config.json")
     train_pool, eval_pool = load_pools(config)
     episode = sample_episode(config.dataset, train_pool, eval_pool, config.seed, config.n_train, config.n_eval)
     if backbone is None:
-        backbone = load_backbone(config.model)
+        backbone = load_backbone(config.model, device=device, dtype=dtype)
     train_config = config.train.resolved(backbone.arch.kind, config.method)
     method = get_method(config.method, **config.method_options)
     if hasattr(method, "total_steps"):
         method.total_steps = train_config.steps
-    model = copy.deepcopy(backbone.model)
+    model = copy.deepcopy(backbone.model).to(device=device, dtype=dtype)  # no-op when the backbone matches
     total = count_parameters(model)[1]
     torch.manual_seed(config.seed)  # adapter / score initialisation must not depend on what ran before
     model = method.prepare(model, backbone.arch)
@@ -141,13 +143,15 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
     if in_context:
         prefix = icl_prefix(backbone, icl_demonstrations(episode.shots or episode.train, config.icl_shots, config.seed))
     else:
-        train_result = method_train(backbone, method, model, episode.train, train_config, progress)
+        train_result = method_train(backbone, method, model, episode.train, train_config, progress,
+                                    compile=config.compile)
     manifest = {
         "base_model": config.model, "base_fingerprint": backbone.fingerprint,
         "model_type": backbone.arch.model_type, "kind": backbone.arch.kind, "method_options": config.method_options,
         "train": vars(train_config), "dataset": config.dataset, "seed": config.seed,
         "data_hash": {"train": data_hash(episode.train), "eval": data_hash(episode.eval)},
         "trainable": trainable, "total": total, "trainable_percent": trainable_percent,
+        "device": str(device), "dtype": dtype_name(dtype),
     }
     if in_context:
         write_manifest(out, method, manifest)
@@ -157,7 +161,7 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
     generations = None
     if evaluate:
         prompts, generations = predict_examples(backbone, model, episode.eval, config, prefix, progress)
-        scores, summary = score(episode.eval, generations, config)
+        scores, summary = score(episode.eval, generations, config, device)
         records = build_records(episode.eval, prompts, generations, scores, config, trainable_percent)
         write_predictions(out / "predictions.jsonl", records)
     results = {
@@ -173,6 +177,7 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
         "generation_seconds": generations.seconds if generations else None,
         "broken_generations": sum(1 for e in generations.explanations if e == "UNK") if generations else None,
         "train_config": vars(train_config), "report": method.report(model),
+        "device": str(device), "dtype": dtype_name(dtype), "compile": config.compile,
     }
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
@@ -180,42 +185,53 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
     return results
 
 
-def method_train(backbone, method, model, train_examples, train_config, progress):
+def method_train(backbone, method, model, train_examples, train_config, progress, *, compile: bool = False):
     from sparsefit.prompts import format_input, format_target
     from sparsefit.train import train
     inputs = [format_input(e) for e in train_examples]
     targets = [format_target(e) for e in train_examples]
-    return train(backbone, method, model, inputs, targets, train_config, progress=progress)
+    return train(backbone, method, model, inputs, targets, train_config, progress=progress, compile=compile)
 
 
 def predict_to_file(run: str, dataset: str, data_path: str | None, split: str, out_path: str | Path, *,
-                    n: int | None = None, seed: int | None = None, score_outputs: bool = True) -> Path:
-    """Predict a dataset split with a saved run (or a base model id) and write a predictions file."""
+                    n: int | None = None, seed: int | None = None, score_outputs: bool = True,
+                    device: str = "auto", dtype: str | None = None, eval_batch_size: int | None = None) -> Path:
+    """Predict a dataset split with a saved run (or a base model id) and write a predictions file.
+
+    `dtype` None: the run's training dtype (float32 for a base model id).
+    """
     from sparsefit.checkpoint import MANIFEST_FILE, load_delta
     from sparsefit.data import load_examples
+    resolve_placement(device, dtype)  # a bad --device fails before the model or data are read
     examples = load_examples(dataset, data_path, split)[: n or None]
     if (Path(run) / MANIFEST_FILE).exists():
-        backbone, model, method, manifest = load_delta(run)
+        backbone, model, method, manifest = load_delta(run, device=device, dtype=dtype)
         config = RunConfig(dataset=dataset, model=manifest["base_model"], method=manifest["method"],
                            seed=manifest.get("seed") if seed is None else seed)
         percent = manifest.get("trainable_percent")
     else:
-        backbone = load_backbone(run)
+        backbone = load_backbone(run, device=device, dtype=dtype or "float32")
         model, percent = backbone.model, 0.0
         config = RunConfig(dataset=dataset, model=run, method="none", seed=seed)
+    config.eval_batch_size = eval_batch_size
     prompts, generations = predict_examples(backbone, model, examples, config)
-    scores = score(examples, generations, config)[0] if score_outputs else None
+    scores = score(examples, generations, config, backbone.device)[0] if score_outputs else None
     return write_predictions(out_path, build_records(examples, prompts, generations, scores, config, percent))
 
 
 def evaluate_file(predictions: str | Path, out_path: str | Path | None = None, *,
-                  scorer_model: str | None = None, scorer_layers: int | None = None) -> dict[str, Any]:
-    """Score any predictions file (from any model): fills per-item metrics and returns the summary."""
+                  scorer_model: str | None = None, scorer_layers: int | None = None,
+                  device: str = "auto") -> dict[str, Any]:
+    """Score any predictions file (from any model): fills per-item metrics and returns the summary.
+
+    BERTScore runs on `device` ("auto": CUDA when available)."""
     from dataclasses import replace
+    from sparsefit.device import resolve_device
     from sparsefit.metrics import ScorerConfig, score_explanations, summarize
     from sparsefit.predictions import read_predictions
+    scorer_device = resolve_device(device)
     records = read_predictions(predictions)
-    config = ScorerConfig()
+    config = ScorerConfig(device=str(scorer_device))
     if scorer_model:
         config = replace(config, bertscore_model=scorer_model, bertscore_layers=scorer_layers)
     scores = score_explanations([r.pred_explanation for r in records], [r.gold_explanations for r in records],

@@ -7,6 +7,7 @@ otherwise dominate a step (REFERENCE §7: 4.3 s -> 2.5 s per step on 2 cores).
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -79,7 +80,11 @@ def collate(encoded: Sequence[dict[str, list[int]]], pad_id: int, seq2seq: bool)
 
 
 def seq2seq_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**batch).loss
+    out = model(**batch)
+    if out.logits.dtype == torch.float32:
+        return out.loss
+    # bf16 weights: the cross-entropy is taken in fp32, as for decoder-only models
+    return F.cross_entropy(out.logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
 
 
 def causal_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -131,9 +136,74 @@ class MemoryMeter:
         return self.peak / 2**20
 
 
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; fused into one kernel per step on CUDA. The CPU keeps torch's default implementation."""
+    if device.type == "cuda":
+        try:
+            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        except (RuntimeError, ValueError):  # a parameter dtype the fused kernel lacks: the default still works
+            pass
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class CompiledLoss:
+    """The loss function under torch.compile, falling back to eager mode (with one line) if compiling fails.
+
+    Compilation happens at the first forward (and backward), so failures show up there, not here: `train`
+    calls `fall_back` when a compiled step raises and repeats the step eagerly.
+    """
+
+    def __init__(self, loss_fn, backend: str = "inductor"):
+        self.eager = loss_fn
+        self.compiled = torch.compile(loss_fn, dynamic=True, backend=backend)
+        self.active = True
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (self.compiled if self.active else self.eager)(model, batch)
+
+    def fall_back(self, err: BaseException) -> None:
+        self.active = False
+        root = err  # dynamo wraps the compiler's own error (BackendCompilerFailed -> the real cause)
+        while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None and inner is not root:
+            root = inner
+        reason = " ".join(str(root).split())[:200] or type(root).__name__
+        print(f"torch.compile failed ({type(root).__name__}: {reason}): continuing in eager mode", file=sys.stderr)
+
+
+def _forward_backward(method: SparseMethod, model: nn.Module, batch: dict[str, torch.Tensor], loss_fn,
+                      optimizer: torch.optim.Optimizer, step: int, lr: float) -> torch.Tensor:
+    try:
+        loss = method.training_loss(model, batch, loss_fn)
+        _check_finite(loss, step, lr)
+        loss.backward()
+        return loss
+    except SparseFitError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- any compiler error; eager errors are re-raised below
+        if not (isinstance(loss_fn, CompiledLoss) and loss_fn.active):
+            raise
+        loss_fn.fall_back(err)
+        optimizer.zero_grad(set_to_none=True)  # a backward that failed halfway may have left gradients
+        loss = method.training_loss(model, batch, loss_fn)
+        _check_finite(loss, step, lr)
+        loss.backward()
+        return loss
+
+
+def _check_finite(loss: torch.Tensor, step: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise SparseFitError(f"training diverged: loss is {loss.item()} at step {step} (lr={lr}). "
+                             "Lower the learning rate or check the data; nothing was saved.")
+
+
 def train(backbone: Backbone, method: SparseMethod, model: nn.Module, inputs: Sequence[str],
-          targets: Sequence[str], config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Fine-tune `model` (already prepared by `method`) on (input, target) text pairs, in place."""
+          targets: Sequence[str], config: TrainConfig, *, progress: bool = True,
+          compile: bool | str = False) -> TrainResult:
+    """Fine-tune `model` (already prepared by `method`) on (input, target) text pairs, in place.
+
+    The model's device and dtype are used as they are. `compile`: run the loss under torch.compile
+    (True: the default inductor backend; a string: that torch.compile backend).
+    """
     from tqdm import tqdm
     if not inputs:
         raise SparseFitError("no training examples")
@@ -145,8 +215,10 @@ def train(backbone: Backbone, method: SparseMethod, model: nn.Module, inputs: Se
         raise SparseFitError(f"method '{method.name}' left no trainable parameter")
     device = next(model.parameters()).device
     encoded = encode_training_pairs(backbone, inputs, targets, config)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config, device)
     loss_fn = default_loss_for(backbone)
+    if compile:
+        loss_fn = CompiledLoss(loss_fn, "inductor" if compile is True else compile)
     pad_id = backbone.tokenizer.pad_token_id
     memory = MemoryMeter(device)
     result = TrainResult(config=dict(vars(config)))
@@ -156,20 +228,17 @@ def train(backbone: Backbone, method: SparseMethod, model: nn.Module, inputs: Se
     for step, indices in enumerate(_batches(len(encoded), config.batch_size, config.steps, config.seed), 1):
         batch = {k: v.to(device) for k, v in
                  collate([encoded[i] for i in indices], pad_id, backbone.is_seq2seq).items()}
-        loss = method.training_loss(model, batch, loss_fn)
-        if not torch.isfinite(loss):
-            raise SparseFitError(f"training diverged: loss is {loss.item()} at step {step} (lr={config.lr}). "
-                                 "Lower the learning rate or check the data; nothing was saved.")
-        loss.backward()
+        loss = _forward_backward(method, model, batch, loss_fn, optimizer, step, config.lr)
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         method.after_step(model, step, config.steps)
         optimizer.zero_grad(set_to_none=True)
-        result.losses.append(loss.item())
+        value = loss.item()
+        result.losses.append(value)
         memory.sample()
         bar.update()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{value:.3f}")
     bar.close()
     model.eval()
     result.steps = config.steps
