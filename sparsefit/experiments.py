@@ -4,7 +4,9 @@
   `<out_root>/<variant>/seed-<seed>/` through `sparsefit.runner.run_episode`. A folder with results.json
   (written last and atomically by the runner) is a finished episode and is never redone; a folder without
   it is a crashed episode and is emptied and run again. Global RNGs are seeded per episode, so an episode
-  gives the same numbers whether it runs in a fresh process, after others, or on resume.
+  gives the same numbers whether it runs in a fresh process, after others, or on resume. With
+  `batch_episodes` the episodes of a variant train together (`sparsefit.batched`, same results); with
+  `ray_address` they run as Ray tasks (`sparsefit.distributed`). See docs/batched.md.
 - `results_table(rows)`: mean and sample standard deviation (ddof=1; empty for one episode) over episodes
   of accuracy, nBERTScore, BERTScore (all / correct), BLEU, METEOR, trainable %, train seconds and peak
   memory, one row per variant. Peak memory is what the runner's meter records: on CPU the process's
@@ -156,38 +158,111 @@ def check_variants(variants: Sequence[Variant]) -> None:
                                  f"{variant.config.method_options} ({err})", field="method_options") from err
 
 
-def run_episodes(variants: Sequence[Variant], out_root: str | Path, seeds: Sequence[int], *,
-                 progress: bool = True, episode_fn: EpisodeFn | None = None) -> list[dict[str, Any]]:
-    """Run (or reuse) every (variant, seed) episode; returns one results dict per episode, in order."""
-    from tqdm import tqdm
-    if episode_fn is None:
-        from sparsefit.runner import run_episode as episode_fn
-    check_variants(variants)
-    out_root = Path(out_root)
-    rows: list[dict[str, Any]] = []
-    backbone, backbone_id = None, None
-    bar = tqdm(total=len(variants) * len(seeds), desc="episodes", unit="episode", disable=not progress)
+@dataclass
+class PlannedEpisode:
+    """One (variant, seed) of a run: its config and folder, and its results once finished."""
+
+    label: str
+    config: Any
+    folder: Path
+    result: dict[str, Any] | None = None
+
+
+def plan_episodes(variants: Sequence[Variant], out_root: Path, seeds: Sequence[int]) -> list[PlannedEpisode]:
+    """Every (variant, seed) with the stored results of those already finished (resume)."""
+    plan = []
     for variant in variants:
         for seed in seeds:
             config = copy.deepcopy(variant.config)
             config.seed, config.name = seed, f"{folder_name(variant.label)}-seed-{seed}"
             folder = episode_dir(out_root, variant, seed)
-            result = finished_result(folder, config)
-            if result is None:
-                if folder.exists():
-                    shutil.rmtree(folder)  # a crashed episode: start it again from nothing
-                if backbone_id != config.model:
-                    from sparsefit.backbones import load_backbone
-                    backbone, backbone_id = None, None  # free the previous model first
-                    backbone = load_backbone(config.model, device=config.device, dtype=config.dtype)
-                    backbone_id = config.model
-                bar.set_postfix_str(f"{variant.label} seed {seed}")
-                seed_everything(seed)
-                result = episode_fn(config, folder, backbone=backbone, progress=False)
-            rows.append({"variant": variant.label, **result})
-            bar.update()
+            plan.append(PlannedEpisode(variant.label, config, folder, finished_result(folder, config)))
+    return plan
+
+
+def clear_unfinished(folder: Path) -> None:
+    """A folder without results.json is a crashed episode: start it again from nothing."""
+    from sparsefit.batched import PARTIAL_SUFFIX
+    for path in (folder, folder.with_name(folder.name + PARTIAL_SUFFIX)):
+        if path.exists():
+            shutil.rmtree(path)
+
+
+def note(message: str) -> None:
+    import sys
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def run_episodes(variants: Sequence[Variant], out_root: str | Path, seeds: Sequence[int], *,
+                 progress: bool = True, episode_fn: EpisodeFn | None = None, batch_episodes: int | None = None,
+                 ray_address: str | None = None, notify: Callable[[str], None] = note) -> list[dict[str, Any]]:
+    """Run (or reuse) every (variant, seed) episode; returns one results dict per episode, in order.
+
+    batch_episodes: None or 1 = one episode at a time (`episode_fn`, default `runner.run_episode`);
+    0 = as many episodes of a variant at once as fit in memory; K = groups of K (sparsefit.batched; methods
+    without a batched trainer run one at a time, with a note). ray_address: run the episodes as Ray tasks
+    ('local' starts a local Ray; 'auto' or host:port joins a cluster; sparsefit.distributed).
+    """
+    check_variants(variants)
+    plan = plan_episodes(variants, Path(out_root), seeds)
+    pending = [item for item in plan if item.result is None]
+    for item in pending:
+        clear_unfinished(item.folder)
+    if pending and ray_address:
+        from sparsefit.distributed import run_on_ray
+        run_on_ray(pending, ray_address, batch_episodes, progress=progress, notify=notify)
+    elif pending:
+        _run_locally(plan, pending, batch_episodes, episode_fn, progress, notify)
+    return [{"variant": item.label, **item.result} for item in plan]  # type: ignore[dict-item]
+
+
+def _run_locally(plan: Sequence[PlannedEpisode], pending: Sequence[PlannedEpisode], batch_episodes: int | None,
+                 episode_fn: EpisodeFn | None, progress: bool, notify: Callable[[str], None]) -> None:
+    from tqdm import tqdm
+    from sparsefit.backbones import load_backbone
+    if episode_fn is None:
+        from sparsefit.runner import run_episode as episode_fn
+    bar = tqdm(total=len(plan), initial=len(plan) - len(pending), desc="episodes", unit="episode",
+               disable=not progress)
+    backbone, backbone_id = None, None
+    labels = list(dict.fromkeys(item.label for item in pending))
+    for label in labels:
+        items = [item for item in pending if item.label == label]
+        if backbone_id != items[0].config.model:
+            backbone, backbone_id = None, None  # free the previous model first
+            first = items[0].config
+            backbone = load_backbone(first.model, device=first.device, dtype=first.dtype)
+            backbone_id = first.model
+        if batch_episodes not in (None, 1):
+            run_variant_batched(label, items, backbone, batch_episodes, progress, notify, bar)
+        for item in items:
+            if item.result is None:  # one at a time (also what a batched variant could not do)
+                bar.set_postfix_str(f"{label} seed {item.config.seed}")
+                seed_everything(item.config.seed)
+                item.result = episode_fn(item.config, item.folder, backbone=backbone, progress=False)
+                bar.update()
     bar.close()
-    return rows
+
+
+def run_variant_batched(label: str, items: Sequence[PlannedEpisode], backbone: Any, batch_episodes: int,
+                        progress: bool, notify: Callable[[str], None], bar: Any = None) -> None:
+    """Train a variant's episodes in groups (sparsefit.batched); leaves `result` None where it could not."""
+    from sparsefit.batched import NotBatchable, batchable_reason, run_batched
+    reason = batchable_reason(items[0].config)
+    if reason:
+        notify(f"{label}: {reason}; its episodes run one at a time")
+        return
+
+    def done(index: int, row: dict[str, Any]) -> None:
+        items[index].result = row
+        if bar is not None:
+            bar.update()
+    seed_everything(items[0].config.seed)
+    try:
+        run_batched([i.config for i in items], [i.folder for i in items], backbone, batch_episodes or None,
+                    progress=progress, notify=notify, on_done=done)
+    except NotBatchable as err:
+        notify(f"{label}: {err}; its episodes run one at a time")
 
 
 # --- the table --------------------------------------------------------------------------------------------
@@ -276,14 +351,15 @@ def grid_variants(base_config: Any, specs: Sequence[str]) -> list[Variant]:
 
 
 def run_grid(base_config: Any, out_root: str | Path, seeds: Sequence[int], specs: Sequence[str] | None = None,
-             *, progress: bool = True, episode_fn: EpisodeFn | None = None) -> list[dict[str, Any]]:
+             *, progress: bool = True, episode_fn: EpisodeFn | None = None, batch_episodes: int | None = None,
+             ray_address: str | None = None) -> list[dict[str, Any]]:
     """Run every spec (default: `paper_grid` for the model's kind) and return the ranked table."""
     if specs is None:
         from sparsefit.backbones import meta_model
         _, arch = meta_model(base_config.model)
         specs = paper_grid(arch.kind)
     rows = run_episodes(grid_variants(base_config, specs), out_root, seeds, progress=progress,
-                        episode_fn=episode_fn)
+                        episode_fn=episode_fn, batch_episodes=batch_episodes, ray_address=ray_address)
     ranked = rank_table(results_table(rows))
     write_table_csv(ranked, Path(out_root) / "grid.csv")
     return ranked
@@ -301,6 +377,12 @@ def _add_common(parser: argparse.ArgumentParser, *, several: bool) -> None:
     parser.add_argument("--seeds", default="all", help="'all' (FEB's 60), K (the first K) or a comma list")
     parser.add_argument("--out", help="folder for episodes and tables (default models/experiments/<dataset>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--batch-episodes", type=int, default=0, metavar="K",
+                        help="train K episodes of a variant at once (sparsefit, ln_tuning, lora); default 0 = as "
+                             "many as fit in memory; 1 = one at a time")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run episodes as Ray tasks: alone = start a local Ray; 'auto' or host:port = join a "
+                             "running cluster")
 
 
 def configs_from_args(args: argparse.Namespace) -> list[Any]:
@@ -326,7 +408,8 @@ def _out_root(args: argparse.Namespace, configs: Sequence[Any], kind: str) -> Pa
 def cmd_episodes(args: argparse.Namespace) -> None:
     configs = configs_from_args(args)
     out_root = _out_root(args, configs, "episodes")
-    rows = run_episodes(make_variants(configs), out_root, parse_seeds(args.seeds), progress=not args.quiet)
+    rows = run_episodes(make_variants(configs), out_root, parse_seeds(args.seeds), progress=not args.quiet,
+                        batch_episodes=args.batch_episodes, ray_address=args.ray)
     table = results_table(rows)
     path = write_table_csv(table, out_root / "table.csv")
     print(format_table(table))
@@ -338,7 +421,8 @@ def cmd_grid(args: argparse.Namespace) -> None:
     base = configs_from_args(args)[0]
     specs = [s.strip() for s in args.specs.split(";")] if args.specs else None
     out_root = _out_root(args, [base], "grid")
-    ranked = run_grid(base, out_root, parse_seeds(args.seeds), specs, progress=not args.quiet)
+    ranked = run_grid(base, out_root, parse_seeds(args.seeds), specs, progress=not args.quiet,
+                      batch_episodes=args.batch_episodes, ray_address=args.ray)
     print(format_table(ranked, extra=("rank",)))
     print(f"\nranked by mean accuracy, then mean nBERTScore; table: {out_root / 'grid.csv'}")
 

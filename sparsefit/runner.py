@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -111,40 +111,81 @@ def build_records(examples, prompts, generations: Generations, scores, config: R
         for i, e in enumerate(examples)]
 
 
+@dataclass
+class PreparedEpisode:
+    """An episode sampled and its model prepared by the method, ready to train (phase 1 of run_episode)."""
+
+    config: RunConfig
+    episode: Any  # sparsefit.episodes.Episode
+    train_config: Any  # TrainConfig, resolved for the backbone kind and method
+    method: Any  # SparseMethod
+    model: nn.Module
+    total: int
+    trainable: int
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / self.total
+
+
+def sample_for(config: RunConfig):
+    from sparsefit.episodes import sample_episode
+    train_pool, eval_pool = load_pools(config)
+    return sample_episode(config.dataset, train_pool, eval_pool, config.seed, config.n_train, config.n_eval)
+
+
+def prepare_episode(config: RunConfig, episode, backbone: Backbone, *,
+                    copy_model: Callable[[nn.Module], nn.Module] = copy.deepcopy) -> PreparedEpisode:
+    """Copy the base model (`copy_model`) and let the method freeze / wrap it, seeded by the episode seed."""
+    train_config = config.train.resolved(backbone.arch.kind, config.method)
+    method = get_method(config.method, **config.method_options)
+    if hasattr(method, "total_steps"):
+        method.total_steps = train_config.steps
+    device, dtype = resolve_placement(config.device, config.dtype)
+    model = copy_model(backbone.model).to(device=device, dtype=dtype)  # no-op when the backbone matches
+    total = count_parameters(model)[1]
+    torch.manual_seed(config.seed)  # adapter / score initialisation must not depend on what ran before
+    model = method.prepare(model, backbone.arch)
+    return PreparedEpisode(config=config, episode=episode, train_config=train_config, method=method, model=model,
+                           total=total, trainable=count_parameters(model)[0])
+
+
 def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | None = None,
                 progress: bool = True, evaluate: bool = True) -> dict[str, Any]:
     """Run one episode and write its files. A given `backbone` is not modified (the model is copied).
 
     `evaluate=False` stops after training and saving (the `train` command).
     """
-    from sparsefit.data import data_hash
-    from sparsefit.episodes import sample_episode
     device, dtype = resolve_placement(config.device, config.dtype)  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(config, out / "config.json")
-    train_pool, eval_pool = load_pools(config)
-    episode = sample_episode(config.dataset, train_pool, eval_pool, config.seed, config.n_train, config.n_eval)
+    episode = sample_for(config)
     if backbone is None:
         backbone = load_backbone(config.model, device=device, dtype=dtype)
-    train_config = config.train.resolved(backbone.arch.kind, config.method)
-    method = get_method(config.method, **config.method_options)
-    if hasattr(method, "total_steps"):
-        method.total_steps = train_config.steps
-    model = copy.deepcopy(backbone.model).to(device=device, dtype=dtype)  # no-op when the backbone matches
-    total = count_parameters(model)[1]
-    torch.manual_seed(config.seed)  # adapter / score initialisation must not depend on what ran before
-    model = method.prepare(model, backbone.arch)
-    trainable = count_parameters(model)[0]
-    trainable_percent = 100.0 * trainable / total
-    in_context = getattr(method, "in_context", False)
+    prepared = prepare_episode(config, episode, backbone)
     train_result = None
     prefix = ""
-    if in_context:
+    if getattr(prepared.method, "in_context", False):
         prefix = icl_prefix(backbone, icl_demonstrations(episode.shots or episode.train, config.icl_shots, config.seed))
     else:
-        train_result = method_train(backbone, method, model, episode.train, train_config, progress,
+        train_result = method_train(backbone, prepared.method, prepared.model, episode.train,
+                                    prepared.train_config, progress,
                                     compile=config.compile)
+    return finish_episode(prepared, backbone, out, train_result, prefix=prefix, progress=progress,
+                          evaluate=evaluate)
+
+
+def finish_episode(prepared: PreparedEpisode, backbone: Backbone, out: Path, train_result, *, prefix: str = "",
+                   progress: bool = True, evaluate: bool = True,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Phase 2 of run_episode, on a trained model: delta + manifest, predictions, results.json (last)."""
+    from sparsefit.data import data_hash
+    config, episode, method, model = prepared.config, prepared.episode, prepared.method, prepared.model
+    train_config, trainable, total = prepared.train_config, prepared.trainable, prepared.total
+    trainable_percent = prepared.trainable_percent
+    in_context = getattr(method, "in_context", False)
+    device, dtype = resolve_placement(config.device, config.dtype)
     manifest = {
         "base_model": config.model, "base_fingerprint": backbone.fingerprint,
         "model_type": backbone.arch.model_type, "kind": backbone.arch.kind, "method_options": config.method_options,
@@ -177,7 +218,7 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
         "generation_seconds": generations.seconds if generations else None,
         "broken_generations": sum(1 for e in generations.explanations if e == "UNK") if generations else None,
         "train_config": vars(train_config), "report": method.report(model),
-        "device": str(device), "dtype": dtype_name(dtype), "compile": config.compile,
+        "device": str(device), "dtype": dtype_name(dtype), "compile": config.compile, **(extra or {}),
     }
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
