@@ -108,7 +108,7 @@ def cmd_params(args: argparse.Namespace) -> None:
     options = dict(_parse_option(o) for o in args.method_option)
     method = get_method(args.method, **options)
     model = method.prepare(model, arch)
-    trainable = count_parameters(model)[0]
+    trainable = method.trainable_count(model)
     result = {"model": args.model, "method": args.method, "selection": method.selection(), "total": total,
               "trainable": trainable, "percent": round(100.0 * trainable / total, 4)}
     if args.json:

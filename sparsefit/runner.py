@@ -125,15 +125,17 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
     episode = sample_episode(config.dataset, train_pool, eval_pool, config.seed, config.n_train, config.n_eval)
     if backbone is None:
         backbone = load_backbone(config.model)
-    train_config = config.train.resolved(backbone.arch.kind, config.method)
     method = get_method(config.method, **config.method_options)
+    train_config = config.train.resolved(backbone.arch.kind, config.method, method.training_defaults())
     if hasattr(method, "total_steps"):
         method.total_steps = train_config.steps
     model = copy.deepcopy(backbone.model)
     total = count_parameters(model)[1]
     torch.manual_seed(config.seed)  # adapter / score initialisation must not depend on what ran before
     model = method.prepare(model, backbone.arch)
-    trainable = count_parameters(model)[0]
+    if method.needs_data:
+        prepare_with_examples(backbone, method, model, episode.train, train_config)
+    trainable = method.trainable_count(model)
     trainable_percent = 100.0 * trainable / total
     in_context = getattr(method, "in_context", False)
     train_result = None
@@ -178,6 +180,15 @@ def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | 
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(out / "results.json")  # written last and atomically: its presence marks a finished episode
     return results
+
+
+def prepare_with_examples(backbone, method, model, train_examples, train_config) -> None:
+    """Hand a data-driven method (e.g. Fisher masks) the training shots as single-example batches."""
+    from sparsefit.prompts import format_input, format_target
+    from sparsefit.train import default_loss_for, example_batches
+    batches = example_batches(backbone, [format_input(e) for e in train_examples],
+                              [format_target(e) for e in train_examples], train_config)
+    method.prepare_with_data(model, backbone.arch, batches, default_loss_for(backbone))
 
 
 def method_train(backbone, method, model, train_examples, train_config, progress):
