@@ -168,19 +168,23 @@ def check_or_write_setup(out: Path, setup: dict[str, Any]) -> None:
 
 
 def read_trials(out: Path, setup_id: str) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """Finished trials by (candidate, seed, steps). A last line cut short by a crash is dropped (it reruns)."""
     path = out / TRIALS_FILE
     done: dict[tuple[str, int, int], dict[str, Any]] = {}
     if not path.exists():
         return done
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             trial = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(path.read_text(encoding="utf-8").splitlines()):
-                continue  # a line cut short by a crash: that trial runs again
-            raise SparseFitError("unreadable trial line", path=str(path), line=number) from None
+            if number == len(lines):
+                path.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
+                continue
+            raise SparseFitError("unreadable trial line; remove it to rerun that trial", path=str(path),
+                                 line=number) from None
         if trial.get("setup_id") != setup_id:
             raise SparseFitError("trial of another search setup in this folder; use another --out",
                                  path=str(path), line=number, field="setup_id")
