@@ -186,6 +186,8 @@ def prepare_with_examples(backbone, method, model, train_examples, train_config)
     """Hand a data-driven method (e.g. Fisher masks) the training shots as single-example batches."""
     from sparsefit.prompts import format_input, format_target
     from sparsefit.train import default_loss_for, example_batches
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
     batches = example_batches(backbone, [format_input(e) for e in train_examples],
                               [format_target(e) for e in train_examples], train_config)
     method.prepare_with_data(model, backbone.arch, batches, default_loss_for(backbone))
