@@ -37,7 +37,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-split")
     parser.add_argument("--eval-split")
     parser.add_argument("--model", help="default (Gemma-3-270M), tiny-t5, tiny-causal, hub id or folder")
-    parser.add_argument("--method", help="sparsefit, full, lora, adalora, ia3, ln_tuning, icl, dsee, mask")
+    parser.add_argument("--method", help="sparsefit, full, lora, adalora, ia3, ln_tuning, icl, dsee, mask, fish")
     parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                         help="method option, e.g. components=self.k,ln or r=16 (repeatable)")
     parser.add_argument("--seed", type=int)
@@ -121,7 +121,7 @@ def cmd_params(args: argparse.Namespace) -> None:
     options = dict(_parse_option(o) for o in args.method_option)
     method = get_method(args.method, **options)
     model = method.prepare(model, arch)
-    trainable = count_parameters(model)[0]
+    trainable = method.trainable_count(model)
     result = {"model": args.model, "method": args.method, "selection": method.selection(), "total": total,
               "trainable": trainable, "percent": round(100.0 * trainable / total, 4)}
     if args.json:
@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sparsefit.experiments import register_cli
     register_cli(sub)  # episodes, grid, nm-export
+    from sparsefit.search import register_cli as register_search
+    register_search(sub)  # search
     return parser
 
 

@@ -39,8 +39,10 @@ class TrainConfig:
     max_target_length: int = 96
     threads: int | None = None  # torch threads; None = torch's default
 
-    def resolved(self, arch_kind: str, method: str) -> "TrainConfig":
+    def resolved(self, arch_kind: str, method: str, preferred: dict[str, Any] | None = None) -> "TrainConfig":
+        """Fill unset fields: first from `preferred` (a method's preset file), then the backbone/method default."""
         defaults = PAPER_T5_TRAINING if arch_kind == "seq2seq" else DECODER_TRAINING.get(method, DECODER_DEFAULT)
+        defaults = {**defaults, **(preferred or {})}
         values = asdict(self)
         for key, value in defaults.items():
             if values[key] is None:

@@ -137,8 +137,8 @@ def sample_for(config: RunConfig):
 def prepare_episode(config: RunConfig, episode, backbone: Backbone, *,
                     copy_model: Callable[[nn.Module], nn.Module] = copy.deepcopy) -> PreparedEpisode:
     """Copy the base model (`copy_model`) and let the method freeze / wrap it, seeded by the episode seed."""
-    train_config = config.train.resolved(backbone.arch.kind, config.method)
     method = get_method(config.method, **config.method_options)
+    train_config = config.train.resolved(backbone.arch.kind, config.method, method.training_defaults())
     if hasattr(method, "total_steps"):
         method.total_steps = train_config.steps
     device, dtype = resolve_placement(config.device, config.dtype)
@@ -146,8 +146,10 @@ def prepare_episode(config: RunConfig, episode, backbone: Backbone, *,
     total = count_parameters(model)[1]
     torch.manual_seed(config.seed)  # adapter / score initialisation must not depend on what ran before
     model = method.prepare(model, backbone.arch)
+    if method.needs_data:
+        prepare_with_examples(backbone, method, model, episode.train, train_config)
     return PreparedEpisode(config=config, episode=episode, train_config=train_config, method=method, model=model,
-                           total=total, trainable=count_parameters(model)[0])
+                           total=total, trainable=method.trainable_count(model))
 
 
 def run_episode(config: RunConfig, out_dir: str | Path, *, backbone: Backbone | None = None,
@@ -224,6 +226,17 @@ def finish_episode(prepared: PreparedEpisode, backbone: Backbone, out: Path, tra
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(out / "results.json")  # written last and atomically: its presence marks a finished episode
     return results
+
+
+def prepare_with_examples(backbone, method, model, train_examples, train_config) -> None:
+    """Hand a data-driven method (e.g. Fisher masks) the training shots as single-example batches."""
+    from sparsefit.prompts import format_input, format_target
+    from sparsefit.train import default_loss_for, example_batches
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
+    batches = example_batches(backbone, [format_input(e) for e in train_examples],
+                              [format_target(e) for e in train_examples], train_config)
+    method.prepare_with_data(model, backbone.arch, batches, default_loss_for(backbone))
 
 
 def method_train(backbone, method, model, train_examples, train_config, progress, *, compile: bool = False):

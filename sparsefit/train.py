@@ -79,6 +79,14 @@ def collate(encoded: Sequence[dict[str, list[int]]], pad_id: int, seq2seq: bool)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def example_batches(backbone: Backbone, inputs: Sequence[str], targets: Sequence[str], config: TrainConfig):
+    """One collated batch per example, on the model's device (per-example gradients, e.g. Fisher scores)."""
+    device = next(backbone.model.parameters()).device
+    for encoded in encode_training_pairs(backbone, inputs, targets, config):
+        yield {k: v.to(device) for k, v in
+               collate([encoded], backbone.tokenizer.pad_token_id, backbone.is_seq2seq).items()}
+
+
 def seq2seq_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     out = model(**batch)
     if out.logits.dtype == torch.float32:

@@ -18,7 +18,7 @@ must be stable across `prepare` calls so `load_trained` finds them again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -41,6 +41,9 @@ class SparseMethod:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # True for methods that choose what to train from the training examples (e.g. Fisher masks): the runner
+    # then calls `prepare_with_data` right after `prepare`, before training.
+    needs_data: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         if options:
@@ -51,6 +54,18 @@ class SparseMethod:
     def prepare(self, model: nn.Module, arch: Arch) -> nn.Module:
         """Freeze everything, then unfreeze or wrap what this method trains. Returns the model to train."""
         raise NotImplementedError
+
+    def prepare_with_data(self, model: nn.Module, arch: Arch, batches: Iterable[dict[str, torch.Tensor]],
+                          loss_fn: LossFn) -> None:
+        """For `needs_data` methods: look at single-example training batches (with labels) before training."""
+
+    def trainable_count(self, model: nn.Module) -> int:
+        """Number of trained values (a masked method trains fewer than its trainable tensors hold)."""
+        return count_parameters(model)[0]
+
+    def training_defaults(self) -> dict[str, Any]:
+        """lr / steps this configuration should train with unless the run config sets them (preset files)."""
+        return {}
 
     # --- training hooks --------------------------------------------------------------------------
     def training_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], default_loss: LossFn) -> torch.Tensor:

@@ -15,12 +15,16 @@ The subset is written in a small component grammar, comma-separated, e.g. "self.
 | re:PATTERN | parameters whose name matches the regular expression | same |
 
 Prefix `enc.` or `dec.` restricts a token to the encoder or decoder (T5). Presets (REFERENCE §4):
-`paper` = T5 `self.k,ln`; decoder-only `self.q,ln`.
+`paper` = T5 `self.k,ln`; decoder-only `self.q,ln`. A preset may also be a JSON file (what `python -m
+sparsefit search` writes as best_preset.json): {"method": "sparsefit", "components": "self.v,ln",
+"lr": 1e-4, "steps": 150}; its lr and steps apply unless the run config sets them.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -83,18 +87,74 @@ def _token_regexes(spec: str, arch: Arch) -> list[tuple[str, re.Pattern]]:
     return out
 
 
+PRESET_FILE_KEYS = ("method", "components", "budget", "lr", "steps")
+
+
+def parse_budget(value: Any, field: str = "budget") -> float:
+    """A parameter budget as a fraction of all parameters: '5%' -> 0.05, 0.05 -> 0.05 ('5' is ambiguous)."""
+    text = str(value).strip()
+    try:
+        fraction = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+    except ValueError:
+        raise SparseFitError(f"budget {value!r} is not a number; write e.g. 5% or 0.05", field=field) from None
+    if not text.endswith("%") and fraction > 1:
+        raise SparseFitError(f"budget {value!r} is ambiguous; write {text}% or {fraction / 100:g}", field=field)
+    if not 0 < fraction <= 1:
+        raise SparseFitError(f"budget {value!r} must be above 0 and at most 100%", field=field)
+    return fraction
+
+
+def is_preset_file(preset: Any) -> bool:
+    return isinstance(preset, str) and (preset.endswith(".json") or "/" in preset or Path(preset).is_file())
+
+
+def read_preset_file(path: str | Path, method: str | None = None) -> dict[str, Any]:
+    """A preset file's settings; unknown keys, a missing file or another method's preset are one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise SparseFitError("preset file not found", path=str(path), field="preset")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SparseFitError(f"cannot parse preset file: {err.msg}", path=str(path), line=err.lineno) from None
+    if not isinstance(data, dict):
+        raise SparseFitError("a preset file holds one JSON object", path=str(path))
+    for key in data:
+        if key not in PRESET_FILE_KEYS:
+            raise SparseFitError(f"unknown key in preset file; known: {', '.join(PRESET_FILE_KEYS)}",
+                                 path=str(path), field=key)
+    if method and data.get("method", "sparsefit") != method:
+        raise SparseFitError(f"this preset is for method {data['method']!r}; run it with --method {data['method']}",
+                             path=str(path), field="method")
+    return data
+
+
+def preset_training(preset: Any) -> dict[str, Any]:
+    """lr / steps a preset file asks for ({} for named presets)."""
+    if not is_preset_file(preset):
+        return {}
+    data = read_preset_file(preset)
+    return {k: data[k] for k in ("lr", "steps") if data.get(k) is not None}
+
+
 def resolve_components(spec: str | None, preset: str | None, arch: Arch) -> str:
     if spec and preset:
         raise SparseFitError("give either components or preset, not both", field="method_options")
+    if preset and is_preset_file(preset):
+        data = read_preset_file(preset, "sparsefit")
+        if not data.get("components"):
+            raise SparseFitError("preset file has no 'components'", path=str(preset), field="components")
+        return str(data["components"])
     if preset:
         if preset not in PRESETS:
-            raise SparseFitError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}", field="preset")
+            raise SparseFitError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)} or a preset .json file",
+                                 field="preset")
         return PRESETS[preset][arch.kind]
     return spec or PRESETS["paper"][arch.kind]
 
 
-def select_parameters(model: nn.Module, spec: str, arch: Arch) -> list[str]:
-    """Names of the parameters matched by the component spec; every token must match something."""
+def select_parameters(model: nn.Module, spec: str, arch: Arch, strict: bool = True) -> list[str]:
+    """Names of the parameters matched by the component spec; every token must match something (if strict)."""
     regexes = _token_regexes(spec, arch)
     names = [name for name, _ in model.named_parameters()]  # tied weights appear once, under the first name
     tied_head = getattr(model.config, "tie_word_embeddings", False) and not any(
@@ -104,7 +164,7 @@ def select_parameters(model: nn.Module, spec: str, arch: Arch) -> list[str]:
         hits = [n for n in names if regex.search(n)]
         if not hits and raw.endswith("lm_head") and tied_head:
             hits = [n for n in names if re.search(r"(shared|embed_tokens)\.weight$", n)]
-        if not hits:
+        if not hits and strict:
             raise SparseFitError(f"component {raw!r} matches no parameter of this {arch.model_type} model",
                                  field="components")
         chosen.extend(h for h in hits if h not in chosen)
@@ -134,6 +194,9 @@ class SparseFit(SparseMethod):
 
     def selection(self) -> dict[str, Any]:
         return {"components": self.resolved, "preset": self.preset, "tensors": len(self.parameter_names)}
+
+    def training_defaults(self) -> dict[str, Any]:
+        return preset_training(self.preset)
 
 
 @register_method

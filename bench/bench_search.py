@@ -1,0 +1,52 @@
+"""Benchmark: `python -m sparsefit search` with its default settings (target: <= 30 minutes on 2 CPU cores).
+
+    python bench/bench_search.py [--model default] [--dataset esnli --path ../shared/data/esnli --split dev]
+    python bench/bench_search.py --model tiny-causal --dataset sample-nli --split train   # smallest mode
+
+Runs the search in a fresh temporary folder (no resume) with the CLI's default budget, lrs, rungs and
+validation size, and prints candidates, trials, wall seconds and the ratio to the 30-minute target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sparsefit.search import build_candidates, register_cli, run_search, settings_from_args  # noqa: E402
+
+TARGET_SECONDS = 30 * 60
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--dataset", default="esnli")
+    parser.add_argument("--path", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "esnli"))
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    search_parser = argparse.ArgumentParser()
+    register_cli(search_parser.add_subparsers(dest="command"))
+    argv = ["search", "--dataset", args.dataset, "--train-split", args.split, "--model", args.model,
+            "--threads", str(args.threads)] + (["--path", args.path] if args.dataset != "sample-nli" else [])
+    settings = settings_from_args(search_parser.parse_args(argv))
+    candidates = build_candidates(settings)
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as out:
+        started = time.perf_counter()
+        ranked = run_search(settings, out, progress=True)
+        seconds = time.perf_counter() - started
+        trials = sum(1 for _ in (Path(out) / "trials.jsonl").open())
+    rows = [("model", args.model), ("budget", f"{100 * settings.budget:g}%"), ("candidates", len(candidates)),
+            ("trials", trials), ("best", ranked[0]["candidate"]), ("seconds", f"{seconds:.0f}"),
+            ("target seconds", TARGET_SECONDS), ("ratio to target", f"{seconds / TARGET_SECONDS:.2f}")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""Subset search: which parameters (and which learning rate) to fine-tune, chosen on validation episodes.
+
+`python -m sparsefit search --dataset esnli --path DIR --train-split dev --model default --budget 5%`
+
+Candidates: SparseFit component specs of the paper's grid (`experiments.paper_grid`: single components and
+pairs) plus pairs of self-attention projections with the layer norms, deduplicated by the parameters they
+select, kept when they fit the budget (counted on a meta-device model, no weights); plus `fish` (Fisher
+masks) at the whole budget. Each is crossed with the learning-rate grid.
+
+Validation episodes come from the training split only: for each validation seed, `sample_episode` draws
+the shots and a disjoint validation sample from the *training* pool. Evaluation examples are never read.
+(If you report on the same split you search on, as with e-SNLI dev, search with other seeds than the ones
+you report: the default validation seeds are the last FEB seeds, the reported ones are the first.)
+
+Successive halving: rung r trains every surviving candidate for `steps_r` steps on `episodes_r` validation
+episodes; candidates are ranked by mean validation accuracy, then mean nBERTScore, and the top `keep`
+share (at least one) goes on to the next rung.
+
+Files in `--out`: search.json (the setup: model fingerprint, dataset, data hash, budget, rungs, ...),
+trials.jsonl (one finished trial per line, appended as it finishes: a search resumes where it stopped and
+never mixes setups: a folder made for another setup is refused), search.csv (ranked table) and
+best_preset.json (use with `--method <method> --method-option preset=<out>/best_preset.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from sparsefit.errors import SparseFitError
+
+SETUP_FILE, TRIALS_FILE, TABLE_FILE, BEST_FILE = "search.json", "trials.jsonl", "search.csv", "best_preset.json"
+ATTENTION_PROJECTIONS = ("self.q", "self.k", "self.v", "self.o")
+# validation seeds: the last FEB seeds, so the first ones (7004, 3639, 6290, ...) stay free for reporting
+DEFAULT_VALIDATION_SEEDS = (4791, 588, 5320, 1181, 9599)
+
+
+@dataclass(frozen=True)
+class Rung:
+    steps: int
+    episodes: int
+
+
+@dataclass
+class SearchSettings:
+    dataset: str
+    data_path: str | None = None
+    train_split: str = "train"
+    model: str = "default"
+    budget: float = 0.05  # fraction of all parameters
+    lrs: tuple[float, ...] = (1e-4, 3e-4)
+    rungs: tuple[Rung, ...] = (Rung(20, 1), Rung(60, 2))
+    keep: float = 1 / 3
+    n_train: int | None = None
+    n_val: int = 24
+    validation_seeds: tuple[int, ...] = DEFAULT_VALIDATION_SEEDS
+    components: tuple[str, ...] | None = None  # None: the built-in candidate list
+    fish: bool = True
+    batch_size: int = 4
+    max_new_tokens: int = 32
+    threads: int | None = None  # machine setting: not part of the setup fingerprint
+
+
+@dataclass(frozen=True)
+class Candidate:
+    method: str  # sparsefit | fish
+    lr: float
+    components: str | None = None
+    budget: float | None = None
+    trainable_percent: float = 0.0
+
+    @property
+    def key(self) -> str:
+        what = self.components if self.method == "sparsefit" else f"{100 * self.budget:g}%"
+        return f"{self.method}[{what}]@lr={self.lr:g}"
+
+    def method_options(self) -> dict[str, Any]:
+        return {"components": self.components} if self.method == "sparsefit" else {"budget": self.budget}
+
+
+# --- candidates --------------------------------------------------------------------------------------------
+def candidate_specs(arch_kind: str) -> list[str]:
+    from sparsefit.experiments import paper_grid
+    pairs = [f"{a},{b},ln" for i, a in enumerate(ATTENTION_PROJECTIONS) for b in ATTENTION_PROJECTIONS[i + 1:]]
+    return list(dict.fromkeys([*paper_grid(arch_kind), *pairs]))
+
+
+def structural_candidates(model_id: str, budget: float, specs: Sequence[str] | None) -> list[tuple[str, float]]:
+    """(spec, trainable share) of every spec within the budget, one per distinct parameter set.
+
+    Built-in specs that match nothing on this model are skipped; a user's spec must be valid.
+    """
+    from sparsefit.backbones import meta_model
+    from sparsefit.methods.base import count_parameters
+    from sparsefit.methods.selection import select_parameters
+    model, arch = meta_model(model_id)
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
+    total = count_parameters(model)[1]
+    strict = specs is not None
+    seen: set[frozenset[str]] = set()
+    fitting, smallest = [], None
+    for spec in (specs if specs is not None else candidate_specs(arch.kind)):
+        try:
+            names = frozenset(select_parameters(model, spec, arch))
+        except SparseFitError:
+            if strict:
+                raise
+            continue
+        if names in seen:
+            continue
+        seen.add(names)
+        share = sum(sizes[n] for n in names) / total
+        if smallest is None or share < smallest[1]:
+            smallest = (spec, share)
+        if share <= budget:
+            fitting.append((spec, share))
+    if not fitting:
+        hint = f"; the smallest, {smallest[0]!r}, trains {100 * smallest[1]:.3g}%" if smallest else ""
+        raise SparseFitError(f"no candidate subset fits the budget of {100 * budget:.3g}% of {total:,} "
+                             f"parameters{hint}", field="--budget")
+    return fitting
+
+
+def build_candidates(settings: SearchSettings) -> list[Candidate]:
+    structural = structural_candidates(settings.model, settings.budget, settings.components)
+    out = []
+    for lr in settings.lrs:
+        out += [Candidate("sparsefit", lr, components=spec, trainable_percent=100 * share)
+                for spec, share in structural]
+        if settings.fish:
+            out.append(Candidate("fish", lr, budget=settings.budget, trainable_percent=100 * settings.budget))
+    return out
+
+
+# --- setup and trials (resumable) -----------------------------------------------------------------------
+def setup_of(settings: SearchSettings, fingerprint: str, data_hash: str) -> dict[str, Any]:
+    setup = {k: v for k, v in asdict(settings).items() if k not in ("threads", "data_path")}
+    setup["rungs"] = [[r["steps"], r["episodes"]] for r in setup["rungs"]]
+    setup = json.loads(json.dumps({**setup, "model_fingerprint": fingerprint, "data_hash": data_hash}))
+    setup["setup_id"] = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
+    return setup
+
+
+def check_or_write_setup(out: Path, setup: dict[str, Any]) -> None:
+    """A folder belongs to one setup: a different model, dataset, data, budget or rung plan is refused."""
+    path = out / SETUP_FILE
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise SparseFitError(f"unreadable search setup ({err.msg})", path=str(path)) from None
+        if stored.get("setup_id") != setup["setup_id"]:
+            differing = [k for k in setup if k != "setup_id" and stored.get(k) != setup[k]] or ["setup_id"]
+            key = differing[0]
+            raise SparseFitError(f"this search folder belongs to another setup ({key}: {stored.get(key)!r} there, "
+                                 f"{setup[key]!r} now); use another --out", path=str(path), field=key)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(setup, indent=2) + "\n", encoding="utf-8")
+
+
+def read_trials(out: Path, setup_id: str) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """Finished trials by (candidate, seed, steps). A last line cut short by a crash is dropped (it reruns)."""
+    path = out / TRIALS_FILE
+    done: dict[tuple[str, int, int], dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            trial = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                path.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
+                continue
+            raise SparseFitError("unreadable trial line; remove it to rerun that trial", path=str(path),
+                                 line=number) from None
+        if trial.get("setup_id") != setup_id:
+            raise SparseFitError("trial of another search setup in this folder; use another --out",
+                                 path=str(path), line=number, field="setup_id")
+        done[(trial["candidate"], trial["seed"], trial["steps"])] = trial
+    return done
+
+
+def append_trial(out: Path, trial: dict[str, Any]) -> None:
+    with (out / TRIALS_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(trial) + "\n")
+        handle.flush()
+
+
+# --- one trial ------------------------------------------------------------------------------------------
+def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, seed: int, steps: int) -> dict:
+    """Train the candidate on one validation episode's shots and score it on that episode's validation sample."""
+    from sparsefit.config import RunConfig, TrainConfig
+    from sparsefit.episodes import sample_episode
+    from sparsefit.experiments import seed_everything
+    from sparsefit.methods.base import count_parameters, get_method
+    from sparsefit.runner import method_train, predict_examples, prepare_with_examples, score
+    started = time.perf_counter()
+    episode = sample_episode(settings.dataset, pool, pool, seed, settings.n_train, settings.n_val)
+    config = RunConfig(dataset=settings.dataset, model=settings.model, method=candidate.method,
+                       method_options=candidate.method_options(), seed=seed,
+                       train=TrainConfig(lr=candidate.lr, steps=steps, batch_size=settings.batch_size, seed=seed,
+                                         threads=settings.threads),
+                       max_new_tokens=settings.max_new_tokens)
+    seed_everything(seed)
+    method = get_method(candidate.method, **candidate.method_options())
+    model = method.prepare(copy.deepcopy(backbone.model), backbone.arch)
+    total = count_parameters(model)[1]
+    if method.needs_data:
+        prepare_with_examples(backbone, method, model, episode.train, config.train)
+    trainable = method.trainable_count(model)
+    result = method_train(backbone, method, model, episode.train, config.train, progress=False)
+    _, generations = predict_examples(backbone, model, episode.eval, config, progress=False)
+    _, summary = score(episode.eval, generations, config)
+    return {"candidate": candidate.key, "seed": seed, "steps": steps, "method": candidate.method,
+            "components": candidate.components, "budget": candidate.budget, "lr": candidate.lr,
+            "trainable_percent": 100.0 * trainable / total, "accuracy": summary.get("accuracy"),
+            "nbertscore": summary.get("nbertscore"), "last_loss": sum(result.losses[-5:]) / len(result.losses[-5:]),
+            "n_val": len(episode.eval), "seconds": time.perf_counter() - started}
+
+
+# --- successive halving ----------------------------------------------------------------------------------
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    return statistics.fmean(present) if present else None
+
+
+def _rank_key(row: dict[str, Any]) -> tuple:
+    acc, nbert = row.get("accuracy"), row.get("nbertscore")
+    return (-row.get("rung", 0), -(acc if acc is not None else -1.0), -(nbert if nbert is not None else -1.0))
+
+
+def summarize_rung(candidate: Candidate, trials: list[dict[str, Any]], rung_index: int, rung: Rung) -> dict:
+    return {"candidate": candidate.key, "method": candidate.method, "components": candidate.components or "",
+            "budget": candidate.budget, "lr": candidate.lr,
+            "trainable_percent": _mean([t["trainable_percent"] for t in trials]),
+            "rung": rung_index + 1, "steps": rung.steps, "episodes": len(trials),
+            "accuracy": _mean([t["accuracy"] for t in trials]),
+            "nbertscore": _mean([t["nbertscore"] for t in trials]),
+            "seconds": sum(t["seconds"] for t in trials)}
+
+
+def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = True, backbone=None) -> list[dict]:
+    """Run (or resume) the search; returns the ranked table (best first) and writes the files."""
+    from tqdm import tqdm
+    from sparsefit.backbones import load_backbone
+    from sparsefit.data import data_hash, load_examples
+    out = Path(out)
+    if not 0 < settings.keep <= 1:
+        raise SparseFitError(f"--keep must be in (0, 1], got {settings.keep}", field="--keep")
+    if len(settings.validation_seeds) < max(r.episodes for r in settings.rungs):
+        raise SparseFitError(f"the rungs need {max(r.episodes for r in settings.rungs)} validation seeds, "
+                             f"got {len(settings.validation_seeds)}", field="--validation-seeds")
+    candidates = build_candidates(settings)  # checks budget and components before loading anything big
+    pool = load_examples(settings.dataset, settings.data_path, settings.train_split)
+    backbone = backbone or load_backbone(settings.model)
+    setup = setup_of(settings, backbone.fingerprint, data_hash(pool))
+    check_or_write_setup(out, setup)
+    done = read_trials(out, setup["setup_id"])
+    alive, rows = list(candidates), {}
+    planned = sum(r.episodes * math.ceil(len(candidates) * settings.keep ** i) for i, r in enumerate(settings.rungs))
+    bar = tqdm(total=planned, desc="search", unit="trial", disable=not progress)
+    for index, rung in enumerate(settings.rungs):
+        for candidate in alive:
+            trials = []
+            for seed in settings.validation_seeds[: rung.episodes]:
+                trial = done.get((candidate.key, seed, rung.steps))
+                if trial is None:
+                    bar.set_postfix_str(f"{candidate.key} {rung.steps} steps seed {seed}")
+                    trial = {**run_trial(backbone, pool, settings, candidate, seed, rung.steps),
+                             "setup_id": setup["setup_id"]}
+                    append_trial(out, trial)
+                    done[(candidate.key, seed, rung.steps)] = trial
+                trials.append(trial)
+                bar.update()
+            rows[candidate.key] = summarize_rung(candidate, trials, index, rung)
+        alive.sort(key=lambda c: _rank_key(rows[c.key]))
+        alive = alive[: max(1, math.ceil(len(alive) * settings.keep))]
+    bar.close()
+    ranked = sorted(rows.values(), key=_rank_key)
+    ranked = [{"rank": i, **row} for i, row in enumerate(ranked, 1)]
+    write_outputs(out, ranked)
+    return ranked
+
+
+def best_preset(row: dict[str, Any]) -> dict[str, Any]:
+    preset = {"method": row["method"], "lr": row["lr"], "steps": row["steps"]}
+    if row["method"] == "sparsefit":
+        preset["components"] = row["components"]
+    else:
+        preset["budget"] = row["budget"]
+    return preset
+
+
+def write_outputs(out: Path, ranked: list[dict[str, Any]]) -> None:
+    from sparsefit.experiments import write_table_csv
+    write_table_csv(ranked, out / TABLE_FILE)
+    (out / BEST_FILE).write_text(json.dumps(best_preset(ranked[0]), indent=2) + "\n", encoding="utf-8")
+
+
+def format_ranked(ranked: Sequence[dict[str, Any]]) -> str:
+    def num(value, digits=1):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+    header = ["rank", "method", "components / budget", "lr", "trainable %", "rung", "steps", "episodes",
+              "accuracy", "nBERTScore", "seconds"]
+    lines = [[str(r["rank"]), r["method"], r["components"] or f"{100 * r['budget']:g}%", f"{r['lr']:g}",
+              num(r["trainable_percent"], 3), str(r["rung"]), str(r["steps"]), str(r["episodes"]),
+              num(r["accuracy"]), num(r["nbertscore"]), num(r["seconds"], 0)] for r in ranked]
+    widths = [max(len(c) for c in column) for column in zip(header, *lines)]
+    render = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, lines)])
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+def parse_rungs(text: str) -> tuple[Rung, ...]:
+    """'20:1,60:2' -> two rungs: 20 steps on 1 episode, then 60 steps on 2."""
+    try:
+        rungs = tuple(Rung(*(int(x) for x in part.split(":"))) for part in text.split(",") if part.strip())
+    except (TypeError, ValueError):
+        rungs = ()
+    if not rungs or any(r.steps < 1 or r.episodes < 1 for r in rungs):
+        raise SparseFitError(f"--rungs must look like '20:1,60:2' (steps:episodes per rung), got {text!r}",
+                             field="--rungs")
+    return rungs
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v <= 0 for v in values):
+        raise SparseFitError(f"{flag} must be a comma list of positive numbers, got {text!r}", field=flag)
+    return values
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    from sparsefit.methods.selection import parse_budget
+    seeds = tuple(int(s) for s in args.validation_seeds.split(",") if s.strip()) if args.validation_seeds \
+        else DEFAULT_VALIDATION_SEEDS
+    return SearchSettings(
+        dataset=args.dataset, data_path=args.data_path, train_split=args.train_split, model=args.model,
+        budget=parse_budget(args.budget, "--budget"), lrs=_floats(args.lrs, "--lrs"), rungs=parse_rungs(args.rungs),
+        keep=args.keep, n_train=args.n_train, n_val=args.n_val, validation_seeds=seeds,
+        components=tuple(s.strip() for s in args.components.split(";") if s.strip()) if args.components else None,
+        fish=not args.no_fish, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threads=args.threads)
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    settings = settings_from_args(args)
+    if args.out:
+        out = Path(args.out)
+    else:
+        from sparsefit.paths import models_dir
+        out = models_dir() / "search" / f"{settings.dataset}-{Path(settings.model).name}"
+    ranked = run_search(settings, out, progress=not args.quiet)
+    print(format_ranked(ranked))
+    print(f"\nranked by rung reached, then mean validation accuracy, then nBERTScore (validation episodes from "
+          f"the '{settings.train_split}' split only)\ntable: {out / TABLE_FILE}\nbest: {out / BEST_FILE}  "
+          f"(--method {ranked[0]['method']} --method-option preset={out / BEST_FILE})")
+
+
+def register_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser("search", help="find the parameter subset and lr to fine-tune (successive halving)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--path", dest="data_path", help="dataset folder or file")
+    p.add_argument("--train-split", default="train", help="validation episodes are drawn from this split only")
+    p.add_argument("--model", default="default")
+    p.add_argument("--budget", default="5%", help="largest trainable share, e.g. 5%% or 0.05 (default 5%%)")
+    p.add_argument("--lrs", default="1e-4,3e-4", help="learning rates to try (comma list)")
+    p.add_argument("--rungs", default="20:1,60:2", help="steps:episodes per successive-halving rung")
+    p.add_argument("--keep", type=float, default=1 / 3, help="share of candidates kept after each rung")
+    p.add_argument("--components", help="';'-separated component specs to try instead of the built-in list")
+    p.add_argument("--no-fish", action="store_true", help="leave out Fisher-mask candidates")
+    p.add_argument("--n-train", type=int, help="shots per validation episode (default: the dataset's FEB setting)")
+    p.add_argument("--n-val", type=int, default=24, help="validation examples per episode")
+    p.add_argument("--validation-seeds", help="comma list (default: the last FEB seeds)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", help="search folder (default models/search/<dataset>-<model>)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_search)
