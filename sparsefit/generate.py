@@ -141,49 +141,74 @@ def _new_cache(model: nn.Module, seq2seq: bool):
     return DynamicCache(config=config)
 
 
-def _step_done(next_tokens: torch.Tensor, alive: list[int], rows: list[list[int]], stop: set[int]) -> list[int]:
-    """Append each live row's token; return the positions (in the current batch) of rows that continue."""
-    keep = []
-    for position, (row, token) in enumerate(zip(alive, next_tokens.tolist())):  # one device sync per step
-        rows[row].append(token)
-        if token not in stop:
-            keep.append(position)
-    return keep
+class _RunningBatch:
+    """Which rows of the running batch still generate, their tokens so far, and when to drop finished ones.
+
+    Dropping copies the KV cache, so on a GPU (where a decoding step is cheap) finished rows wait until they
+    are `drop_fraction` of the batch; on a CPU (a step costs far more than the copy) they leave at once.
+    """
+
+    def __init__(self, size: int, stop_ids: Sequence[int], drop_fraction: float):
+        self.tokens: list[list[int]] = [[] for _ in range(size)]
+        self.rows = list(range(size))  # the original row of each batch position
+        self.done = [False] * size
+        self.stop, self.drop_fraction = set(stop_ids), drop_fraction
+
+    def record(self, next_tokens: torch.Tensor) -> bool:
+        """Append each live row's token; False once every row has stopped."""
+        for position, token in enumerate(next_tokens.tolist()):  # the one device sync per step
+            if not self.done[position]:
+                self.tokens[self.rows[position]].append(token)
+                self.done[position] = token in self.stop
+        return not all(self.done)
+
+    def positions_to_keep(self) -> list[int] | None:
+        """Batch positions that continue, when it is time to drop the finished rows; else None."""
+        finished = sum(self.done)
+        if finished == 0 or finished < self.drop_fraction * len(self.done):
+            return None
+        keep = [position for position, done in enumerate(self.done) if not done]
+        self.rows, self.done = [self.rows[p] for p in keep], [False] * len(keep)
+        return keep
+
+
+def default_drop_fraction(device: torch.device) -> float:
+    return 0.125 if device.type == "cuda" else 0.0
 
 
 def greedy_causal(model: nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, stop_ids: Sequence[int],
-                  max_new_tokens: int) -> list[list[int]]:
+                  max_new_tokens: int, drop_fraction: float | None = None) -> list[list[int]]:
     """Greedy decoding of a left-padded batch; returns each row's new tokens (the stop token included)."""
     cache = _new_cache(model, seq2seq=False)
     cache_arg = _cache_argument(model)
     # as HF: positions count real tokens only, padding sits at 0, and an all-ones mask is dropped
     positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)
     mask = None if bool(attention.all()) else attention
-    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    alive, stop = list(range(input_ids.shape[0])), set(stop_ids)
+    if drop_fraction is None:
+        drop_fraction = default_drop_fraction(input_ids.device)
+    batch = _RunningBatch(input_ids.shape[0], stop_ids, drop_fraction)
     step_ids, step_positions = input_ids, positions
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, use_cache=True,
                     logits_to_keep=1, **{cache_arg: cache})
         next_tokens = out.logits[:, -1].float().argmax(-1)
-        keep = _step_done(next_tokens, alive, rows, stop)
-        if not keep:
+        if not batch.record(next_tokens):
             break
         last_positions = step_positions[:, -1:]
-        if len(keep) < len(alive):  # drop finished rows, cache included
+        keep = batch.positions_to_keep()
+        if keep is not None:  # drop finished rows, cache included
             index = torch.tensor(keep, device=input_ids.device)
             cache.batch_select_indices(index)
             next_tokens, last_positions = next_tokens[index], last_positions[index]
             mask = mask[index] if mask is not None else None
-            alive = [alive[p] for p in keep]
         step_ids, step_positions = next_tokens[:, None], last_positions + 1
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-    return rows
+    return batch.tokens
 
 
 def greedy_seq2seq(model: nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, stop_ids: Sequence[int],
-                   max_new_tokens: int) -> list[list[int]]:
+                   max_new_tokens: int, drop_fraction: float | None = None) -> list[list[int]]:
     """Greedy decoding for encoder-decoder models: encode once, then decode with self- and cross-attention caches."""
     from transformers.modeling_outputs import BaseModelOutput
     encoder_states = model.get_encoder()(input_ids=input_ids, attention_mask=attention, return_dict=True
@@ -193,23 +218,23 @@ def greedy_seq2seq(model: nn.Module, input_ids: torch.Tensor, attention: torch.T
     start = model.generation_config.decoder_start_token_id
     if start is None:
         start = model.config.decoder_start_token_id
+    if drop_fraction is None:
+        drop_fraction = default_drop_fraction(input_ids.device)
+    batch = _RunningBatch(input_ids.shape[0], stop_ids, drop_fraction)
     step_ids = torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
-    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    alive, stop = list(range(input_ids.shape[0])), set(stop_ids)
     for _ in range(max_new_tokens):
         out = model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states), attention_mask=attention,
                     decoder_input_ids=step_ids, use_cache=True, **{cache_arg: cache})
         next_tokens = out.logits[:, -1].float().argmax(-1)
-        keep = _step_done(next_tokens, alive, rows, stop)
-        if not keep:
+        if not batch.record(next_tokens):
             break
-        if len(keep) < len(alive):
+        keep = batch.positions_to_keep()
+        if keep is not None:
             index = torch.tensor(keep, device=input_ids.device)
             cache.batch_select_indices(index)
             next_tokens, encoder_states, attention = next_tokens[index], encoder_states[index], attention[index]
-            alive = [alive[p] for p in keep]
         step_ids = next_tokens[:, None]
-    return rows
+    return batch.tokens
 
 
 def _hf_generate(model: nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, seq2seq: bool,
