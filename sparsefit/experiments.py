@@ -190,7 +190,8 @@ def clear_unfinished(folder: Path) -> None:
 
 def note(message: str) -> None:
     import sys
-    print(f"note: {message}", file=sys.stderr, flush=True)
+    from tqdm import tqdm
+    tqdm.write(f"note: {message}", file=sys.stderr)  # above a running progress bar, not through it
 
 
 def run_episodes(variants: Sequence[Variant], out_root: str | Path, seeds: Sequence[int], *,
