@@ -56,8 +56,9 @@ def batchable_reason(config: Any) -> str | None:
 
 def is_out_of_memory(err: BaseException) -> bool:
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom_type is not None and isinstance(err, oom_type)) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+    text = str(err).lower()
+    return (oom_type is not None and isinstance(err, oom_type)) or (isinstance(err, RuntimeError) and any(
+        marker in text for marker in ("out of memory", "not enough memory", "can't allocate memory")))
 
 
 # --- proxies and stacked tensors ------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def clip_per_episode(stacked: Sequence[torch.Tensor], max_norm: float) -> None:
     grads = [p.grad for p in stacked if p.grad is not None]
     if not grads:
         return
-    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [params, K]
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads])  # [params, K]
     total = torch.linalg.vector_norm(norms, dim=0)  # [K]
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
@@ -374,10 +375,12 @@ def run_batched(configs: Sequence[Any], folders: Sequence[Path], backbone: Any, 
         except Exception as err:  # noqa: BLE001 -- only out-of-memory is handled here
             if not is_out_of_memory(err):
                 raise
-            _free_memory()
             if size == 1:
                 raise SparseFitError("out of memory with a single episode; use a smaller model, --dtype bfloat16 "
                                      "or a smaller --batch-size") from err
+            done = None  # the failed group's tensors are freed once this block has ended
+        if done is None:
+            _free_memory()
             size = max(1, size // 2)
             notify(f"out of memory with {chunk.stop - chunk.start} episodes at once; retrying with {size}")
             continue

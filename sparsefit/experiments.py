@@ -251,6 +251,8 @@ def run_variant_batched(label: str, items: Sequence[PlannedEpisode], backbone: A
     if reason:
         notify(f"{label}: {reason}; its episodes run one at a time")
         return
+    if getattr(items[0].config, "compile", False):
+        notify(f"{label}: --compile is not applied to episode-batched training (it trains eagerly)")
 
     def done(index: int, row: dict[str, Any]) -> None:
         items[index].result = row
