@@ -56,8 +56,9 @@ def batchable_reason(config: Any) -> str | None:
 
 def is_out_of_memory(err: BaseException) -> bool:
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom_type is not None and isinstance(err, oom_type)) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+    text = str(err).lower()
+    return (oom_type is not None and isinstance(err, oom_type)) or (isinstance(err, RuntimeError) and any(
+        marker in text for marker in ("out of memory", "not enough memory", "can't allocate memory")))
 
 
 # --- proxies and stacked tensors ------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def clip_per_episode(stacked: Sequence[torch.Tensor], max_norm: float) -> None:
     grads = [p.grad for p in stacked if p.grad is not None]
     if not grads:
         return
-    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [params, K]
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads])  # [params, K]
     total = torch.linalg.vector_norm(norms, dim=0)  # [K]
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
@@ -209,7 +210,61 @@ def _check_group(prepared: Sequence[Any]) -> None:
                                  f"settings (seed {first.config.seed} vs {other.config.seed})")
 
 
-def train_group(backbone: Any, prepared: Sequence[Any], device: torch.device, *, progress: bool = True) -> list:
+class StackedTrainer:
+    """The episode-batched optimisation of K proxies that share one base: stacked tensors, routing, AdamW.
+
+    `with trainer.active():` freezes every shared tensor, routes the template's owner modules and puts it in
+    train mode; `trainer.step(batch)` does one step (rows [k*B, (k+1)*B) belong to episode k) and returns
+    the K losses; `trainer.trained(k)` is episode k's tensors by parameter name.
+    """
+
+    def __init__(self, template: nn.Module, proxies: Sequence[nn.Module], train_config: Any, device: torch.device,
+                 seq2seq: bool):
+        self.template, self.config, self.seq2seq, self.episodes = template, train_config, seq2seq, len(proxies)
+        self.names = [n for n, p in template.named_parameters() if p.requires_grad]
+        if not self.names:
+            raise SparseFitError("the method left no trainable parameter")
+        params = [dict(proxy.named_parameters()) for proxy in proxies]
+        self.flags = [(p, p.requires_grad) for p in {id(p): p for ps in params for p in ps.values()}.values()]
+        self.stacked = {n: torch.stack([ps[n].detach() for ps in params]).to(device).requires_grad_(True)
+                        for n in self.names}
+        self.routing = Routing(template, self.names, self.stacked, self.episodes)
+        if not seq2seq and any(m is template.get_output_embeddings() for m in self.routing.modules()):
+            raise NotBatchable("the LM head is trained: a decoder-only loss applies it to target tokens only, "
+                               "which cannot be routed per episode")
+        self.optimizer = _optimizer(list(self.stacked.values()), train_config, device)
+
+    def active(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            for p, _ in self.flags:  # only the stacked tensors learn; the shared base stays frozen
+                p.requires_grad_(False)
+            self.template.train()
+            try:
+                with self.routing:
+                    yield self
+            finally:
+                self.template.eval()
+                for p, flag in self.flags:
+                    p.requires_grad_(flag)
+        return scope()
+
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = episode_losses(self.template, batch, self.episodes, self.seq2seq)
+        losses.sum().backward()
+        if self.config.max_grad_norm:
+            clip_per_episode(list(self.stacked.values()), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return losses.detach()
+
+    def trained(self, k: int) -> dict[str, torch.Tensor]:
+        return {name: self.stacked[name][k].detach() for name in self.names}
+
+
+def train_group(backbone: Any, prepared: Sequence[Any], device: torch.device, *, progress: bool = True) -> tuple:
     """Train K prepared episodes at once. Returns one TrainResult per episode and, per episode, its trained
     tensors by parameter name (views into the stacked tensors)."""
     from tqdm import tqdm
@@ -217,69 +272,42 @@ def train_group(backbone: Any, prepared: Sequence[Any], device: torch.device, *,
     from sparsefit.train import MemoryMeter, TrainResult, _batches, collate, encode_training_pairs
     _check_group(prepared)
     episodes, config = len(prepared), prepared[0].train_config
-    template = prepared[0].model
-    names = [n for n, p in template.named_parameters() if p.requires_grad]
-    if not names:
-        raise SparseFitError(f"method '{prepared[0].method.name}' left no trainable parameter")
-    proxies = [dict(p.model.named_parameters()) for p in prepared]
-    all_params = {id(p): p for proxy in proxies for p in proxy.values()}.values()
-    flags = [(p, p.requires_grad) for p in all_params]
-    stacked = {n: torch.stack([proxy[n].detach() for proxy in proxies]).to(device).requires_grad_(True)
-               for n in names}
-    routing = Routing(template, names, stacked, episodes)
-    if not backbone.is_seq2seq:
-        head = template.get_output_embeddings()
-        if any(m is head for m in routing.modules()):
-            raise NotBatchable("the LM head is trained: a decoder-only loss applies it to target tokens only, "
-                               "which cannot be routed per episode")
     if config.threads:
         torch.set_num_threads(config.threads)
+    trainer = StackedTrainer(prepared[0].model, [p.model for p in prepared], config, device, backbone.is_seq2seq)
     torch.manual_seed(config.seed)
     encoded = [encode_training_pairs(backbone, [format_input(e) for e in p.episode.train],
                                      [format_target(e) for e in p.episode.train], p.train_config) for p in prepared]
     orders = [_batches(len(enc), config.batch_size, config.steps, p.train_config.seed)
               for enc, p in zip(encoded, prepared)]
-    optimizer = _optimizer(list(stacked.values()), config, device)
     pad_id = backbone.tokenizer.pad_token_id
     memory = MemoryMeter(device)
     losses: list[list[float]] = [[] for _ in prepared]
     started = time.perf_counter()
     bar = tqdm(total=config.steps, desc=f"train {episodes} episodes", unit="step", disable=not progress)
     try:
-        for p in all_params:  # only the stacked tensors learn; the shared base stays frozen
-            p.requires_grad_(False)
-        template.train()
-        with routing:
+        with trainer.active():
             for step in range(1, config.steps + 1):
                 rows = [enc[i] for enc, order in zip(encoded, orders) for i in next(order)]
                 batch = {k: v.to(device) for k, v in collate(rows, pad_id, backbone.is_seq2seq).items()}
-                step_losses = episode_losses(template, batch, episodes, backbone.is_seq2seq)
-                values = step_losses.detach().cpu().tolist()
+                values = trainer.step(batch).cpu().tolist()
                 bad = [p.config.seed for p, v in zip(prepared, values) if not math.isfinite(v)]
                 if bad:
                     raise SparseFitError(f"training diverged at step {step} for episode seed(s) {bad} "
                                          f"(lr={config.lr}); lower the learning rate. Nothing of this batch of "
                                          f"{episodes} episodes was saved.")
-                step_losses.sum().backward()
-                if config.max_grad_norm:
-                    clip_per_episode(list(stacked.values()), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
                 for k, value in enumerate(values):
                     losses[k].append(value)
                 memory.sample()
                 bar.update()
     finally:
         bar.close()
-        template.eval()
-        for p, flag in flags:
-            p.requires_grad_(flag)
     seconds = time.perf_counter() - started
     peak = memory.peak_mb()
-    trained = [{name: stacked[name][k].detach() for name in names} for k in range(episodes)]
     return [TrainResult(losses=losses[k], steps=config.steps, seconds=seconds / episodes,
                         seconds_per_step=seconds / episodes / max(1, config.steps), peak_memory_mb=peak,
-                        config=dict(vars(p.train_config))) for k, p in enumerate(prepared)], trained
+                        config=dict(vars(p.train_config))) for k, p in enumerate(prepared)], \
+        [trainer.trained(k) for k in range(episodes)]
 
 
 def run_episode_group(configs: Sequence[Any], folders: Sequence[Path], backbone: Any, *,
@@ -347,10 +375,12 @@ def run_batched(configs: Sequence[Any], folders: Sequence[Path], backbone: Any, 
         except Exception as err:  # noqa: BLE001 -- only out-of-memory is handled here
             if not is_out_of_memory(err):
                 raise
-            _free_memory()
             if size == 1:
                 raise SparseFitError("out of memory with a single episode; use a smaller model, --dtype bfloat16 "
                                      "or a smaller --batch-size") from err
+            done = None  # the failed group's tensors are freed once this block has ended
+        if done is None:
+            _free_memory()
             size = max(1, size // 2)
             notify(f"out of memory with {chunk.stop - chunk.start} episodes at once; retrying with {size}")
             continue

@@ -190,7 +190,8 @@ def clear_unfinished(folder: Path) -> None:
 
 def note(message: str) -> None:
     import sys
-    print(f"note: {message}", file=sys.stderr, flush=True)
+    from tqdm import tqdm
+    tqdm.write(f"note: {message}", file=sys.stderr)  # above a running progress bar, not through it
 
 
 def run_episodes(variants: Sequence[Variant], out_root: str | Path, seeds: Sequence[int], *,
@@ -252,6 +253,8 @@ def run_variant_batched(label: str, items: Sequence[PlannedEpisode], backbone: A
     if reason:
         notify(f"{label}: {reason}; its episodes run one at a time")
         return
+    if getattr(items[0].config, "compile", False):
+        notify(f"{label}: --compile is not applied to episode-batched training (it trains eagerly)")
 
     def done(index: int, row: dict[str, Any]) -> None:
         items[index].result = row

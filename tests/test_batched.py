@@ -98,3 +98,19 @@ def test_unbatchable_variants_run_one_at_a_time_with_a_note(tmp_path, capsys):
     assert any("LM head" in n and "one at a time" in n for n in notes), notes
     assert any("ia3" in n and "no episode-batched trainer" in n for n in notes), notes
     assert all("batched_episodes" not in r for r in rows)
+
+
+def test_protocol_bench_cpu_table_shows_batched_equals_sequential(capsys):
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("gpu_protocol", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "gpu_protocol.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_protocol"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.main(["--cpu", "--models", "tiny-t5", "--no-compile", "--steps", "2", "--warmup", "0",
+                       "--episodes", "3", "--k", "3", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split("  ")[0]: line.split() for line in lines if line.startswith(("(a)", "seq", "batched"))}
+    assert set(rows) == {"(a) 1 episode eager fp32", "seq 3 episodes", "batched K=3"}
+    assert float(rows["batched K=3"][-1]) < 1e-4  # max |trained delta - sequential| over the 3 episodes
