@@ -437,8 +437,14 @@ def bootstrap_agreement_resamples(binary: np.ndarray, full: np.ndarray, modal: i
     shares): the same distribution as drawing item indices, at a cost of resamples x types (types are
     few: a handful of raters on a handful of scale points)."""
     binary, full = np.asarray(binary), np.asarray(full)
-    types, inverse, counts = np.unique(np.concatenate([binary, full], axis=1), axis=0, return_inverse=True,
-                                       return_counts=True)
+    rows = np.concatenate([binary, full], axis=1).astype(np.int64)
+    base = int(rows.max(initial=0)) + 1
+    if rows.size and base ** rows.shape[1] < 2**62:     # one integer per row: a 1-D unique is much faster
+        keys = rows @ (base ** np.arange(rows.shape[1], dtype=np.int64))
+        _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+        types = rows[first]
+    else:
+        types, counts = np.unique(rows, axis=0, return_counts=True)
     n = int(counts.sum())
     draws = rng.multinomial(n, counts / n, size=n_boot).astype(float)
     return bootstrap_agreement(types[:, :binary.shape[1]], types[:, binary.shape[1]:], modal, draws)

@@ -410,21 +410,34 @@ def agreement_section(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale,
                       settings: QCSettings | None = None) -> list[dict[str, Any]]:
     """Agreement per question: over all items, per dataset and per system (with bootstrap CIs over items
     when settings are given; each scope has its own generator seeded from its key)."""
-    with_system = kept.merge(items[["item_id", "record_id", *SYSTEM_KEYS]], on="item_id", how="left")
-    with_system = with_system.sort_values(["record_id", "item_id"], kind="stable")
+    # count tables over every item once per question (items in record-id order), then each scope is a
+    # subset of their rows: no regrouping of the ratings per scope
+    ordered = items.sort_values(["record_id", "item_id"], kind="stable").reset_index(drop=True)
+    codes = pd.Index(ordered["item_id"]).get_indexer(kept["item_id"])
+    systems = list(zip(ordered["model"], ordered["method"], ordered["dataset"]))
+    system_index = {key: i for i, key in enumerate(dict.fromkeys(systems))}
+    system_codes = np.array([system_index[key] for key in systems], dtype=np.int64)
+    datasets = ordered["dataset"].to_numpy()
+    questions = kept["question"].to_numpy()
+    binary_values = kept["binary"].to_numpy().astype(int)
+    ranks = kept["scale_rank"].to_numpy()
     rows = []
+    for question in sorted(set(questions)):
+        chosen = (questions == question) & (codes >= 0)
+        binary = agr.count_table(codes[chosen], binary_values[chosen], len(ordered), 2)
+        full = agr.count_table(codes[chosen], ranks[chosen].astype(int), len(ordered), len(scale.values))
+        rated = full.sum(axis=1) > 0
 
-    def add(scope: str, kind: str, question: str, ratings: pd.DataFrame) -> None:
-        rng = None if settings is None else sig.stable_rng(settings.seed, "agreement", question, kind, scope)
-        rows.append({"scope": scope, "scope_kind": kind, "question": question,
-                     **agreement_stats(ratings, scale, rng, settings)})
+        def add(scope: str, kind: str, mask: np.ndarray) -> None:
+            rng = None if settings is None else sig.stable_rng(settings.seed, "agreement", question, kind, scope)
+            rows.append({"scope": scope, "scope_kind": kind, "question": question,
+                         **agreement_from_tables(binary[mask], full[mask], rng, settings)})
 
-    for question, group in with_system.groupby("question", sort=True):
-        add("all", "all", question, group)
-        for dataset, sub in group.groupby("dataset", sort=True):
-            add(f"dataset {dataset}", "dataset", question, sub)
-        for (model, method, dataset), sub in group.groupby(list(SYSTEM_KEYS), sort=True):
-            add(f"{model} | {method} | {dataset}", "system", question, sub)
+        add("all", "all", rated)
+        for dataset in sorted(set(datasets[rated])):
+            add(f"dataset {dataset}", "dataset", rated & (datasets == dataset))
+        for key in sorted({s for s, r in zip(systems, rated) if r}):
+            add(" | ".join(key), "system", rated & (system_codes == system_index[key]))
     return rows
 
 
@@ -450,7 +463,15 @@ def agreement_stats(ratings: pd.DataFrame, scale: Scale, rng: np.random.Generato
     item_codes, item_index = pd.factorize(ratings["item_id"], sort=False)
     n_items = len(item_index)
     binary = agr.count_table(item_codes, ratings["binary"].to_numpy(), n_items, 2)
-    full = agr.count_table(item_codes, ratings["scale_rank"].to_numpy().astype(int), n_items, len(scale.values))
+    ranks = ratings["rating"].map({v: i for i, v in enumerate(scale.values)}).to_numpy().astype(int)
+    full = agr.count_table(item_codes, ranks, n_items, len(scale.values))
+    return agreement_from_tables(binary, full, rng, settings)
+
+
+def agreement_from_tables(binary: np.ndarray, full: np.ndarray, rng: np.random.Generator | None = None,
+                          settings: QCSettings | None = None) -> dict[str, Any]:
+    """`agreement_stats` from the items x (negative, positive) and items x scale-point count tables."""
+    n_items = len(binary)
     raters = binary.sum(axis=1)
     modal = agr.modal_rater_count(binary)
     if modal is None:
