@@ -618,21 +618,25 @@ def significance_section(scores: pd.DataFrame, kept: pd.DataFrame, items: pd.Dat
 
 
 def _system_pairs(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, Any]]:
-    model_scores = scores[scores["question"] == "model"].copy()
-    model_scores["input_key"] = input_keys(model_scores)
+    model_scores = scores[scores["question"] == "model"]
+    keys = input_keys(model_scores).to_numpy()
     rows: list[dict[str, Any]] = []
     for dataset, group in model_scores.groupby("dataset", sort=True):
-        # a system with the same input twice: the mean of its items on that input
-        per_system = {key: sub.groupby("input_key", sort=True)["human_score"].mean()
-                      for key, sub in group.groupby(["model", "method"], sort=True)}
-        keys = list(per_system)
-        for i, first in enumerate(keys):
-            for second in keys[i + 1:]:
-                a, b = per_system[first].align(per_system[second], join="inner")
-                if len(a) == 0:
+        # per system: input key -> score (a system with the same input twice: the mean of those items)
+        per_system = {}
+        for system, sub in group.groupby(["model", "method"], sort=True):
+            sums: dict[str, list[float]] = {}
+            for key, score in zip(keys[model_scores.index.get_indexer(sub.index)], sub["human_score"]):
+                sums.setdefault(key, []).append(score)
+            per_system[system] = {k: (v[0] if len(v) == 1 else math.fsum(v) / len(v)) for k, v in sums.items()}
+        systems = list(per_system)
+        for i, first in enumerate(systems):
+            for second in systems[i + 1:]:
+                shared = sorted(per_system[first].keys() & per_system[second].keys())
+                if not shared:
                     continue
                 rng = sig.stable_rng(settings.seed, "paired", dataset, *first, *second)
-                diffs = (a.to_numpy(float) - b.to_numpy(float)) * 100
+                diffs = np.array([per_system[first][k] - per_system[second][k] for k in shared]) * 100
                 test = sig.paired_test(diffs, settings.n_boot, rng, settings.ci_level)
                 rows.append({"dataset": dataset, "a": {"model": first[0], "method": first[1]},  # a - b
                              "b": {"model": second[0], "method": second[1]}, "question": "model",
