@@ -434,23 +434,31 @@ def agreement_section(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale,
                          **agreement_from_tables(binary[mask], full[mask], rng, settings)})
 
         add("all", "all", rated)
-        for dataset in sorted(set(datasets[rated])):
-            add(f"dataset {dataset}", "dataset", rated & (datasets == dataset))
+        if len(set(datasets[rated])) > 1:  # with one dataset its row would repeat "all"
+            for dataset in sorted(set(datasets[rated])):
+                add(f"dataset {dataset}", "dataset", rated & (datasets == dataset))
         for key in sorted({s for s, r in zip(systems, rated) if r}):
             add(" | ".join(key), "system", rated & (system_codes == system_index[key]))
     return rows
 
 
 def agreement_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per scope whose kappas left out items with an unusual number of raters."""
+    """Per question: a line when the kappas over all items left out items with an unusual number of raters,
+    and how many per-dataset / per-system scopes did the same (their rows say how many items)."""
     out = []
-    for row in rows:
-        dropped = row["items_dropped_for_kappa"]
-        if dropped and row["raters_per_item_for_kappa"]:
-            out.append(f"agreement [{row['question']}] {row['scope']}: the kappas use the "
-                       f"{row['items'] - dropped} items with {row['raters_per_item_for_kappa']} raters and leave "
-                       f"out {dropped} item(s) with another rater count ({row['rater_counts_dropped']}); "
-                       "Krippendorff's alpha uses them all")
+    for question in sorted({row["question"] for row in rows}):
+        mine = [r for r in rows if r["question"] == question and r["items_dropped_for_kappa"]
+                and r["raters_per_item_for_kappa"]]
+        for row in (r for r in mine if r["scope_kind"] == "all"):
+            counts = ", ".join(map(str, row["rater_counts_dropped"]))
+            out.append(f"agreement [{question}] all items: the kappas use the {row['items'] - row['items_dropped_for_kappa']}"
+                       f" items with {row['raters_per_item_for_kappa']} raters and leave out "
+                       f"{row['items_dropped_for_kappa']} item(s) with {counts} rater(s); Krippendorff's alpha "
+                       "uses every item with 2 or more")
+        others = [r for r in mine if r["scope_kind"] != "all"]
+        if others:
+            out.append(f"agreement [{question}]: {len(others)} per-dataset/per-system scope(s) also leave items out "
+                       "of the kappas (items_dropped_for_kappa in their rows)")
     return out
 
 
