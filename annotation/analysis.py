@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from math import lcm
 from dataclasses import asdict, dataclass, field
@@ -785,12 +786,17 @@ def run_analysis(db_path: str | Path, study_id: str, settings: QCSettings | None
         "rating_distribution": rating_distribution(kept, scale),
         "shortcomings": shortcoming_frequencies(kept, data.items, data.protocol),
     }
-    step(0.5, "agreement")
-    report["agreement"] = agreement_section(kept, data.items, scale, settings)
-    step(0.65, "significance")
-    report["significance"] = significance_section(scores, kept, data.items, scale, settings)
-    step(0.75, "correlations")
-    report["correlations"] = correlation_section(scores, data.metric_names, settings)
+    # the correlation bootstraps are numpy work that releases the GIL: on a second core they overlap with
+    # agreement and the paired tests. Every section has its own generators, so the numbers are the same
+    # either way; the thread gets its own copy of the item scores (pandas objects are not shared).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        correlations = pool.submit(correlation_section, scores.copy(), list(data.metric_names), settings)
+        step(0.5, "agreement")
+        report["agreement"] = agreement_section(kept, data.items, scale, settings)
+        step(0.65, "significance")
+        report["significance"] = significance_section(scores, kept, data.items, scale, settings)
+        step(0.75, "correlations")
+        report["correlations"] = correlations.result()
     report["feb_table"] = feb_table(report)
     report["warnings"] = analysis_warnings(report, settings)
     step(1.0, "done")
