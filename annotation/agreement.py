@@ -336,27 +336,32 @@ def bootstrap_kendall(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarr
     if levels.size > MAX_KENDALL_LEVELS:
         return np.array([_tau_or_nan(x[row], y[row]) for row in idx])
     weights = resample_weights(idx, x.size)
-    y_groups, y_group_of = np.unique(y, return_inverse=True)
-    group_count = y_groups.size
-    below = np.zeros((weights.shape[0], group_count))     # weight of lower-x items per y group
-    numerator = np.zeros(weights.shape[0])
+    # items laid out in y order: one column per item, so placing a level's weights is a plain assignment
+    order = np.argsort(y, kind="stable")
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    sorted_y = y[order]
+    group_start = np.searchsorted(sorted_y, sorted_y, side="left")    # per sorted position
+    group_end = np.searchsorted(sorted_y, sorted_y, side="right")     # one past the tie group
+    rows = weights.shape[0]
+    below = np.zeros((rows, order.size + 1))     # column 0 stays 0: cumulative[:, start] = strictly lower y
+    numerator = np.zeros(rows)
     for level in range(levels.size):
         members = np.flatnonzero(level_of == level)
         level_weights = weights[:, members]
-        groups = y_group_of[members]
+        spots = position[members]
         if level:
             cumulative = np.cumsum(below, axis=1)
-            at_members = cumulative[:, groups]
-            less = at_members - below[:, groups]           # lower x and strictly lower y
-            greater = cumulative[:, -1:] - at_members      # lower x and strictly higher y
-            numerator += (level_weights * (less - greater)).sum(axis=1)
-        _add_columns(below, groups, level_weights)
+            less = cumulative[:, group_start[spots]]                     # lower x, strictly lower y
+            greater = cumulative[:, -1:] - cumulative[:, group_end[spots]]  # lower x, strictly higher y
+            numerator += np.einsum("ij,ij->i", level_weights, less - greater)
+        below[:, spots + 1] = level_weights
     total = weights.sum(axis=1)
     pairs = total * (total - 1) / 2
     level_totals = np.stack([weights[:, level_of == level].sum(axis=1) for level in range(levels.size)], axis=1)
     x_ties = (level_totals * (level_totals - 1) / 2).sum(axis=1)
-    group_totals = np.zeros((weights.shape[0], group_count))
-    _add_columns(group_totals, y_group_of, weights)
+    starts = np.flatnonzero(np.r_[True, np.diff(sorted_y) != 0])
+    group_totals = np.add.reduceat(weights[:, order], starts, axis=1)
     y_ties = (group_totals * (group_totals - 1) / 2).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return numerator / np.sqrt((pairs - x_ties) * (pairs - y_ties))
@@ -437,8 +442,14 @@ def bootstrap_agreement_resamples(binary: np.ndarray, full: np.ndarray, modal: i
     shares): the same distribution as drawing item indices, at a cost of resamples x types (types are
     few: a handful of raters on a handful of scale points)."""
     binary, full = np.asarray(binary), np.asarray(full)
-    types, inverse, counts = np.unique(np.concatenate([binary, full], axis=1), axis=0, return_inverse=True,
-                                       return_counts=True)
+    rows = np.concatenate([binary, full], axis=1).astype(np.int64)
+    base = int(rows.max(initial=0)) + 1
+    if rows.size and base ** rows.shape[1] < 2**62:     # one integer per row: a 1-D unique is much faster
+        keys = rows @ (base ** np.arange(rows.shape[1], dtype=np.int64))
+        _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+        types = rows[first]
+    else:
+        types, counts = np.unique(rows, axis=0, return_counts=True)
     n = int(counts.sum())
     draws = rng.multinomial(n, counts / n, size=n_boot).astype(float)
     return bootstrap_agreement(types[:, :binary.shape[1]], types[:, binary.shape[1]:], modal, draws)

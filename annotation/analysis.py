@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from math import lcm
 from dataclasses import asdict, dataclass, field
@@ -410,34 +411,55 @@ def agreement_section(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale,
                       settings: QCSettings | None = None) -> list[dict[str, Any]]:
     """Agreement per question: over all items, per dataset and per system (with bootstrap CIs over items
     when settings are given; each scope has its own generator seeded from its key)."""
-    with_system = kept.merge(items[["item_id", "record_id", *SYSTEM_KEYS]], on="item_id", how="left")
-    with_system = with_system.sort_values(["record_id", "item_id"], kind="stable")
+    # count tables over every item once per question (items in record-id order), then each scope is a
+    # subset of their rows: no regrouping of the ratings per scope
+    ordered = items.sort_values(["record_id", "item_id"], kind="stable").reset_index(drop=True)
+    codes = pd.Index(ordered["item_id"]).get_indexer(kept["item_id"])
+    systems = list(zip(ordered["model"], ordered["method"], ordered["dataset"]))
+    system_index = {key: i for i, key in enumerate(dict.fromkeys(systems))}
+    system_codes = np.array([system_index[key] for key in systems], dtype=np.int64)
+    datasets = ordered["dataset"].to_numpy()
+    questions = kept["question"].to_numpy()
+    binary_values = kept["binary"].to_numpy().astype(int)
+    ranks = kept["scale_rank"].to_numpy()
     rows = []
+    for question in sorted(set(questions)):
+        chosen = (questions == question) & (codes >= 0)
+        binary = agr.count_table(codes[chosen], binary_values[chosen], len(ordered), 2)
+        full = agr.count_table(codes[chosen], ranks[chosen].astype(int), len(ordered), len(scale.values))
+        rated = full.sum(axis=1) > 0
 
-    def add(scope: str, kind: str, question: str, ratings: pd.DataFrame) -> None:
-        rng = None if settings is None else sig.stable_rng(settings.seed, "agreement", question, kind, scope)
-        rows.append({"scope": scope, "scope_kind": kind, "question": question,
-                     **agreement_stats(ratings, scale, rng, settings)})
+        def add(scope: str, kind: str, mask: np.ndarray) -> None:
+            rng = None if settings is None else sig.stable_rng(settings.seed, "agreement", question, kind, scope)
+            rows.append({"scope": scope, "scope_kind": kind, "question": question,
+                         **agreement_from_tables(binary[mask], full[mask], rng, settings)})
 
-    for question, group in with_system.groupby("question", sort=True):
-        add("all", "all", question, group)
-        for dataset, sub in group.groupby("dataset", sort=True):
-            add(f"dataset {dataset}", "dataset", question, sub)
-        for (model, method, dataset), sub in group.groupby(list(SYSTEM_KEYS), sort=True):
-            add(f"{model} | {method} | {dataset}", "system", question, sub)
+        add("all", "all", rated)
+        if len(set(datasets[rated])) > 1:  # with one dataset its row would repeat "all"
+            for dataset in sorted(set(datasets[rated])):
+                add(f"dataset {dataset}", "dataset", rated & (datasets == dataset))
+        for key in sorted({s for s, r in zip(systems, rated) if r}):
+            add(" | ".join(key), "system", rated & (system_codes == system_index[key]))
     return rows
 
 
 def agreement_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per scope whose kappas left out items with an unusual number of raters."""
+    """Per question: a line when the kappas over all items left out items with an unusual number of raters,
+    and how many per-dataset / per-system scopes did the same (their rows say how many items)."""
     out = []
-    for row in rows:
-        dropped = row["items_dropped_for_kappa"]
-        if dropped and row["raters_per_item_for_kappa"]:
-            out.append(f"agreement [{row['question']}] {row['scope']}: the kappas use the "
-                       f"{row['items'] - dropped} items with {row['raters_per_item_for_kappa']} raters and leave "
-                       f"out {dropped} item(s) with another rater count ({row['rater_counts_dropped']}); "
-                       "Krippendorff's alpha uses them all")
+    for question in sorted({row["question"] for row in rows}):
+        mine = [r for r in rows if r["question"] == question and r["items_dropped_for_kappa"]
+                and r["raters_per_item_for_kappa"]]
+        for row in (r for r in mine if r["scope_kind"] == "all"):
+            counts = ", ".join(map(str, row["rater_counts_dropped"]))
+            out.append(f"agreement [{question}] all items: the kappas use the {row['items'] - row['items_dropped_for_kappa']}"
+                       f" items with {row['raters_per_item_for_kappa']} raters and leave out "
+                       f"{row['items_dropped_for_kappa']} item(s) with {counts} rater(s); Krippendorff's alpha "
+                       "uses every item with 2 or more")
+        others = [r for r in mine if r["scope_kind"] != "all"]
+        if others:
+            out.append(f"agreement [{question}]: {len(others)} per-dataset/per-system scope(s) also leave items out "
+                       "of the kappas (items_dropped_for_kappa in their rows)")
     return out
 
 
@@ -450,7 +472,15 @@ def agreement_stats(ratings: pd.DataFrame, scale: Scale, rng: np.random.Generato
     item_codes, item_index = pd.factorize(ratings["item_id"], sort=False)
     n_items = len(item_index)
     binary = agr.count_table(item_codes, ratings["binary"].to_numpy(), n_items, 2)
-    full = agr.count_table(item_codes, ratings["scale_rank"].to_numpy().astype(int), n_items, len(scale.values))
+    ranks = ratings["rating"].map({v: i for i, v in enumerate(scale.values)}).to_numpy().astype(int)
+    full = agr.count_table(item_codes, ranks, n_items, len(scale.values))
+    return agreement_from_tables(binary, full, rng, settings)
+
+
+def agreement_from_tables(binary: np.ndarray, full: np.ndarray, rng: np.random.Generator | None = None,
+                          settings: QCSettings | None = None) -> dict[str, Any]:
+    """`agreement_stats` from the items x (negative, positive) and items x scale-point count tables."""
+    n_items = len(binary)
     raters = binary.sum(axis=1)
     modal = agr.modal_rater_count(binary)
     if modal is None:
@@ -597,21 +627,25 @@ def significance_section(scores: pd.DataFrame, kept: pd.DataFrame, items: pd.Dat
 
 
 def _system_pairs(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, Any]]:
-    model_scores = scores[scores["question"] == "model"].copy()
-    model_scores["input_key"] = input_keys(model_scores)
+    model_scores = scores[scores["question"] == "model"]
+    keys = input_keys(model_scores).to_numpy()
     rows: list[dict[str, Any]] = []
     for dataset, group in model_scores.groupby("dataset", sort=True):
-        # a system with the same input twice: the mean of its items on that input
-        per_system = {key: sub.groupby("input_key", sort=True)["human_score"].mean()
-                      for key, sub in group.groupby(["model", "method"], sort=True)}
-        keys = list(per_system)
-        for i, first in enumerate(keys):
-            for second in keys[i + 1:]:
-                a, b = per_system[first].align(per_system[second], join="inner")
-                if len(a) == 0:
+        # per system: input key -> score (a system with the same input twice: the mean of those items)
+        per_system = {}
+        for system, sub in group.groupby(["model", "method"], sort=True):
+            sums: dict[str, list[float]] = {}
+            for key, score in zip(keys[model_scores.index.get_indexer(sub.index)], sub["human_score"]):
+                sums.setdefault(key, []).append(score)
+            per_system[system] = {k: (v[0] if len(v) == 1 else math.fsum(v) / len(v)) for k, v in sums.items()}
+        systems = list(per_system)
+        for i, first in enumerate(systems):
+            for second in systems[i + 1:]:
+                shared = sorted(per_system[first].keys() & per_system[second].keys())
+                if not shared:
                     continue
                 rng = sig.stable_rng(settings.seed, "paired", dataset, *first, *second)
-                diffs = (a.to_numpy(float) - b.to_numpy(float)) * 100
+                diffs = np.array([per_system[first][k] - per_system[second][k] for k in shared]) * 100
                 test = sig.paired_test(diffs, settings.n_boot, rng, settings.ci_level)
                 rows.append({"dataset": dataset, "a": {"model": first[0], "method": first[1]},  # a - b
                              "b": {"model": second[0], "method": second[1]}, "question": "model",
@@ -752,12 +786,17 @@ def run_analysis(db_path: str | Path, study_id: str, settings: QCSettings | None
         "rating_distribution": rating_distribution(kept, scale),
         "shortcomings": shortcoming_frequencies(kept, data.items, data.protocol),
     }
-    step(0.5, "agreement")
-    report["agreement"] = agreement_section(kept, data.items, scale, settings)
-    step(0.65, "significance")
-    report["significance"] = significance_section(scores, kept, data.items, scale, settings)
-    step(0.75, "correlations")
-    report["correlations"] = correlation_section(scores, data.metric_names, settings)
+    # the correlation bootstraps are numpy work that releases the GIL: on a second core they overlap with
+    # agreement and the paired tests. Every section has its own generators, so the numbers are the same
+    # either way; the thread gets its own copy of the item scores (pandas objects are not shared).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        correlations = pool.submit(correlation_section, scores.copy(), list(data.metric_names), settings)
+        step(0.5, "agreement")
+        report["agreement"] = agreement_section(kept, data.items, scale, settings)
+        step(0.65, "significance")
+        report["significance"] = significance_section(scores, kept, data.items, scale, settings)
+        step(0.75, "correlations")
+        report["correlations"] = correlations.result()
     report["feb_table"] = feb_table(report)
     report["warnings"] = analysis_warnings(report, settings)
     step(1.0, "done")

@@ -185,3 +185,52 @@ def test_fast_bootstrap_spearman_equals_spearman_of_each_resample(seed):
     fast = agr.bootstrap_spearman(human, auto, idx, chunk_elements=300)
     slow = [scipy_stats.spearmanr(human[row], auto[row]).statistic for row in idx]
     np.testing.assert_allclose(fast, slow, rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_numpy_kendall_and_ranks_equal_scipy_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n = int(rng.integers(3, 120))
+        x = rng.integers(0, int(rng.integers(2, 8)), size=n) / 9
+        y = np.round(rng.normal(size=n), int(rng.integers(0, 2)))
+        np.testing.assert_allclose(agr.rankdata(y), scipy_stats.rankdata(y))
+        if len(set(x)) > 1 and len(set(y)) > 1:
+            assert agr.kendall_tau_b(x, y) == pytest.approx(scipy_stats.kendalltau(x, y).statistic, abs=1e-12)
+    assert agr.count_inversions(np.array([3, 1, 2, 0])) == 5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bootstrap_kendall_equals_kendall_of_each_resample(seed):
+    rng = np.random.default_rng(seed)
+    n = 50
+    human = rng.integers(0, 10, size=n) / 9          # few levels: the draw-count path
+    auto = np.round(rng.normal(size=n), 1)
+    idx = rng.integers(0, n, size=(30, n))
+    slow = [scipy_stats.kendalltau(human[row], auto[row]).statistic for row in idx]
+    np.testing.assert_allclose(agr.bootstrap_kendall(human, auto, idx), slow, rtol=1e-9)
+    np.testing.assert_allclose(agr.bootstrap_kendall(auto, human, idx), slow, rtol=1e-9)
+    many = rng.normal(size=n)                          # many levels on both sides: one by one
+    slow = [scipy_stats.kendalltau(many[row], auto[row]).statistic for row in idx]
+    np.testing.assert_allclose(agr.bootstrap_kendall(many, auto, idx), slow, rtol=1e-9)
+
+
+def test_bootstrap_agreement_equals_the_statistics_of_each_resample():
+    rng = np.random.default_rng(5)
+    ratings = random_ratings(rng, 40, 3, 4)
+    full = table_from(ratings, 4)
+    full[::7] = full[::7] - np.eye(4, dtype=int)[ratings[::7, 0]]   # some items with 2 raters
+    binary = np.stack([full[:, :2].sum(axis=1), full[:, 2:].sum(axis=1)], axis=1)
+    idx = rng.integers(0, 40, size=(25, 40))
+    samples = agr.bootstrap_agreement(binary, full, 3, agr.resample_weights(idx, 40))
+    for b, row in enumerate(idx):
+        kappa_table = binary[row][binary[row].sum(axis=1) == 3]
+        assert samples["fleiss"][b] == pytest.approx(agr.fleiss_kappa(kappa_table).value)
+        assert samples["randolph"][b] == pytest.approx(agr.randolph_kappa(kappa_table).value)
+        assert samples["alpha"][b] == pytest.approx(agr.krippendorff_alpha_ordinal(full[row]).value)
+    by_type = agr.bootstrap_agreement_resamples(binary, full, 3, 4000, np.random.default_rng(1))
+    by_index = agr.bootstrap_agreement(binary, full, 3, agr.resample_weights(
+        np.random.default_rng(2).integers(0, 40, size=(4000, 40)), 40))
+    for name in ("fleiss", "randolph", "alpha"):   # the same sampling distribution
+        assert np.nanmean(by_type[name]) == pytest.approx(np.nanmean(by_index[name]), abs=0.01)
+        assert np.nanstd(by_type[name]) == pytest.approx(np.nanstd(by_index[name]), rel=0.08)

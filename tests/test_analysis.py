@@ -603,16 +603,23 @@ def test_paired_permutation_p_matches_exact_enumeration():
 
 def test_agreement_has_cis_per_dataset_rows_and_warns_about_dropped_items(tmp_path):
     builder = random_study(tmp_path / "study.db")  # items with 1, 2 and 3 raters
-    builder.add_item("other-0", dataset="comve", gold_label="choice1")
+    for i in range(4):
+        item = builder.add_item(f"other-{i}", dataset="comve", gold_label="choice1")
+        for name in ("a", "b"):
+            builder.rate_item(item, name, VALUES[i % 4], "yes")
     report = analyze(builder.db_path, "s1", QCSettings(n_boot=300))
     row = find(report["agreement"], scope="all", question="model")
     for name in ("fleiss_kappa_binary", "randolph_free_marginal_kappa_binary", "krippendorff_alpha_ordinal"):
         stat = row[name]
         assert stat["ci_low"] is not None and stat["ci_low"] <= stat["value"] <= stat["ci_high"], (name, stat)
     assert row["n_boot"] == 300 and row["rater_counts_dropped"] == [1, 2]
-    assert find(report["agreement"], scope="dataset esnli", question="model")["items"] == row["items"]
-    assert any("leave out" in w and "[model] all" in w for w in report["warnings"])
-    assert "warning: agreement [model] all" in format_report(report)
+    esnli = find(report["agreement"], scope="dataset esnli", question="model")
+    comve = find(report["agreement"], scope="dataset comve", question="model")
+    assert esnli["items"] + comve["items"] == row["items"] and comve["raters_per_item_for_kappa"] == 2
+    assert any("leave out" in w and "[model] all items" in w for w in report["warnings"])
+    assert "warning: agreement [model] all items" in format_report(report)
+    single = analyze(random_study(tmp_path / "one.db").db_path, "s1", QCSettings(n_boot=100))
+    assert not [r for r in single["agreement"] if r["scope_kind"] == "dataset"]  # would repeat "all"
 
 
 def test_feb_table_in_text_markdown_latex_and_json(tmp_path):
