@@ -138,6 +138,7 @@ def worker_main(spec: dict, out_path: str) -> None:
     answers = json.loads(Path(spec["answers"]).read_text())
     samples: list[tuple[str, float, bool]] = []
     acknowledged: list[list] = []
+    messages: dict[str, int] = {}  # refusals by message, to explain any errors
     lock = threading.Lock()
     end = time.monotonic() + spec["duration"]
     lo, hi = spec["think"]
@@ -150,12 +151,21 @@ def worker_main(spec: dict, out_path: str) -> None:
             nonlocal conn
             started = time.perf_counter()
             try:
-                status, view = call(conn, route, body)
+                try:
+                    status, view = call(conn, route, body)
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    # the server closed an idle keep-alive connection (uvicorn: after 5 s); like any HTTP
+                    # client, reconnect and send again (all three calls are idempotent)
+                    conn.close()
+                    status, view = call(conn, route, body)
                 ok = status == 200 and view.get("ok") is True
             except (OSError, http.client.HTTPException, json.JSONDecodeError):
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", spec["port"], timeout=30)
                 status, view, ok = 0, None, False
+            if not ok and view is not None:
+                with lock:
+                    messages[view.get("message", "")[:80]] = messages.get(view.get("message", "")[:80], 0) + 1
             with lock:
                 samples.append((route, time.perf_counter() - started, ok))
             if not ok:
@@ -165,6 +175,7 @@ def worker_main(spec: dict, out_path: str) -> None:
         def think() -> None:
             time.sleep(rng.uniform(lo, hi) if hi > 0 else 0)
 
+        time.sleep(rng.uniform(0, hi))  # arrivals spread over one think time, not all in the first instant
         for token in tokens:
             view = None
             while time.monotonic() < end:
@@ -192,7 +203,7 @@ def worker_main(spec: dict, out_path: str) -> None:
     threads = [threading.Thread(target=annotator, args=(tokens, i)) for i, tokens in enumerate(spec["tokens"])]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    Path(out_path).write_text(json.dumps({"samples": samples, "acknowledged": acknowledged}))
+    Path(out_path).write_text(json.dumps({"samples": samples, "acknowledged": acknowledged, "messages": messages}))
 
 
 def run_configuration(args: argparse.Namespace, items: int, folder: Path) -> dict:
@@ -233,13 +244,15 @@ def run_configuration(args: argparse.Namespace, items: int, folder: Path) -> dic
     cpu = server.cpu_seconds() - cpu_start
     server.stop()
 
-    samples, acknowledged = [], []
+    samples, acknowledged, messages = [], [], {}
     for out in outputs:
         data = json.loads(out.read_text())
         samples += data["samples"]
         acknowledged += data["acknowledged"]
+        for text, n in data["messages"].items():
+            messages[text] = messages.get(text, 0) + n
     return {"items": items, "startup_s": startup, "elapsed_s": elapsed, "server_cpu_s": cpu, "samples": samples,
-            "acknowledged": acknowledged, "restarts_s": restarts, "checks": check_database(db, study, acknowledged,
+            "acknowledged": acknowledged, "restarts_s": restarts, "messages": messages, "checks": check_database(db, study, acknowledged,
                                                                                           args)}
 
 
@@ -288,6 +301,8 @@ def report(result: dict) -> dict[str, float]:
         rows[route] = percentile(times, 0.5)
         print(f"{route:<8} {len(chosen):>7} {errors:>7} {percentile(times, .5):>8.1f} {percentile(times, .95):>8.1f} "
               f"{percentile(times, .99):>8.1f} {statistics.fmean(times) if times else float('nan'):>8.1f}")
+    if result["messages"]:
+        print("refusals: " + "; ".join(f"{n}x {text!r}" for text, n in result["messages"].items()))
     print("database checks: " + ", ".join(f"{k} {v}" for k, v in result["checks"].items()))
     return rows
 
