@@ -76,14 +76,11 @@ def ensure_quickstart_study(store: Store, predictions: str | Path | None = None)
 
 
 def build_quickstart(store: Store, progress: Callable[[float, str], None] | None = None) -> str:
-    """Run the backend's quickstart (minutes; loads torch) and create the demo study from its output."""
-    from sparsefit.errors import SparseFitError
-    from sparsefit.inference import build_quickstart as backend_build
+    """Run the backend's quickstart (minutes) in a worker process, so torch never loads into the server,
+    and create the demo study from its output."""
+    from annotation.workers import run_quickstart_build
 
-    try:
-        path = backend_build(progress=progress)
-    except SparseFitError as err:
-        raise AnnotationError(f"the quickstart run failed: {err}") from err
+    path = run_quickstart_build(default_models_dir(), progress)
     study_id = ensure_quickstart_study(store, path)
     if study_id is None:
         raise AnnotationError("the quickstart finished but wrote no predictions file", path=str(path))

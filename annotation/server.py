@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves the handler's annotations here
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from annotation.flow import AnnotatorFlow, error_view
@@ -34,8 +35,9 @@ STRING_FIELDS = {
 LIST_FIELDS = {"submit": ("shortcomings_a", "shortcomings_b")}
 
 
-def install_json_routes(app, db_path: str | Path) -> None:
-    """Add the /api/annotator/* routes to a running Gradio app's FastAPI `app` (demo.app)."""
+def json_routes(db_path: str | Path) -> list[APIRoute]:
+    """The /api/annotator/* routes, for a FastAPI app (given to Gradio's app before it starts serving, so
+    there is no moment at which the port answers without them)."""
     flow = AnnotatorFlow(Store(db_path))
     calls = {
         "start": lambda a: flow.start(a["token"], a["study"], a["prolific_pid"], a["prolific_study_id"],
@@ -57,8 +59,8 @@ def install_json_routes(app, db_path: str | Path) -> None:
             return JSONResponse(await run_in_threadpool(calls[name], args))
         return handle
 
-    for name in calls:
-        app.add_api_route(f"/api/annotator/{name}", route(name), methods=["POST"], include_in_schema=False)
+    return [APIRoute(f"/api/annotator/{name}", route(name), methods=["POST"], include_in_schema=False)
+            for name in calls]
 
 
 def parse_body(name: str, body: bytes) -> tuple[dict[str, Any], str]:
@@ -87,8 +89,8 @@ def parse_body(name: str, body: bytes) -> tuple[dict[str, Any], str]:
 
 def serve(demo, db_path: str | Path, *, host: str = "127.0.0.1", port: int = 7860,
           max_file_size: str = MAX_UPLOAD, **launch_options: Any) -> str:
-    """Launch the Gradio app without blocking, add the JSON routes; returns the local URL."""
+    """Launch the Gradio app with the JSON routes, without blocking; returns the local URL."""
     _, local_url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                                  max_file_size=max_file_size, **launch_options)
-    install_json_routes(demo.app, db_path)
+                                  max_file_size=max_file_size, app_kwargs={"routes": json_routes(db_path)},
+                                  **launch_options)
     return local_url

@@ -151,8 +151,53 @@ class BuildStatus:
     predictions: str = ""
 
 
+_LIVE_BUILDS: set = set()  # build processes to stop when this process exits
+
+
+def _stop_live_builds() -> None:
+    for process in list(_LIVE_BUILDS):
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
+
+
+atexit.register(_stop_live_builds)
+
+
+def run_quickstart_build(models_dir: str | Path, progress: Progress | None = None) -> str:
+    """Build the quickstart predictions in a child process (torch stays out of this one); blocks until
+    done and returns the predictions path, relaying progress. Failures raise AnnotationError."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=_build_main, args=(child, str(models_dir)), daemon=True,
+                              name="sparsefit-quickstart")
+    process.start()
+    _LIVE_BUILDS.add(process)
+    child.close()
+    try:
+        while True:
+            try:
+                kind, *rest = parent.recv()
+            except (EOFError, OSError) as err:
+                raise AnnotationError("the quickstart build stopped unexpectedly (out of memory?)") from err
+            if kind == "progress":
+                if progress:
+                    progress(*rest)
+            elif kind == "ok":
+                return rest[0]
+            else:
+                raise AnnotationError(f"the quickstart run failed: {rest[0]}")
+    finally:
+        if process.is_alive():
+            process.join(timeout=10)
+        if process.is_alive():
+            process.terminate()
+        _LIVE_BUILDS.discard(process)
+
+
 class QuickstartBuild:
-    """Build the quickstart predictions in a child process; `on_done(path)` runs in this process after."""
+    """`run_quickstart_build` in a background thread with a status line for the browser; `on_done(path)`
+    runs in this process after the build."""
 
     def __init__(self, models_dir: str | Path, on_done: Callable[[str], None] | None = None):
         self.models_dir = str(models_dir)
@@ -161,15 +206,7 @@ class QuickstartBuild:
 
     def start(self) -> None:
         self.status = BuildStatus(running=True, text="starting")
-        self._process = None
-        atexit.register(self.stop)
         threading.Thread(target=self._run, name="quickstart-build", daemon=True).start()
-
-    def stop(self) -> None:
-        process = getattr(self, "_process", None)
-        if process is not None and process.is_alive():
-            process.terminate()
-            process.join(timeout=5)
 
     def banner(self) -> str:
         """One Markdown line for the browser; empty when there is nothing to say."""
@@ -180,36 +217,20 @@ class QuickstartBuild:
             return f"⚠️ The quickstart build failed: {s.error}"
         return ""
 
+    def _progress(self, fraction: float, text: str) -> None:
+        self.status.fraction, self.status.text = fraction, text
+        print(f"  [{fraction:4.0%}] {text}", flush=True)
+
     def _run(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe(duplex=False)
-        process = self._process = context.Process(target=_build_main, args=(child, self.models_dir), daemon=True,
-                                                  name="sparsefit-quickstart")
-        process.start()
-        child.close()
         try:
-            while True:
-                kind, *rest = parent.recv()
-                if kind == "progress":
-                    self.status.fraction, self.status.text = rest
-                    print(f"  [{rest[0]:4.0%}] {rest[1]}", flush=True)
-                elif kind == "ok":
-                    self.status.predictions = rest[0]
-                    if self.on_done:
-                        self.on_done(rest[0])
-                    break
-                else:
-                    self.status.error = rest[0]
-                    break
-        except (EOFError, OSError):
-            self.status.error = "the build process stopped unexpectedly (out of memory?)"
+            self.status.predictions = run_quickstart_build(self.models_dir, self._progress)
+            if self.on_done:
+                self.on_done(self.status.predictions)
         except AnnotationError as err:
             self.status.error = str(err)
+            print(f"Quickstart not built: {err}", flush=True)
         finally:
             self.status.running = False
-            process.join(timeout=10)
-            if self.status.error:
-                print(f"Quickstart not built: {self.status.error}", flush=True)
 
 
 def _build_main(conn, models_dir: str) -> None:

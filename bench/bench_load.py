@@ -11,7 +11,9 @@ is full), through the JSON routes (POST /api/annotator/{start,gate,submit}) over
 `--processes` separate processes so the load generator does not share the server's interpreter. Bounded:
 at most `--duration` seconds per configuration, loopback only.
 
-Prints per call p50/p95/p99 latency, throughput, errors, the server's CPU per call, and then checks the
+Prints per call p50/p95/p99 latency, throughput, errors (a reply that refused the call), calls with no reply
+(the server was down: only with --kill-every; the client waits 0.5 s and opens its link again), the
+server's CPU per call and start-up time, and then checks the
 database: every acknowledged rating is stored exactly once, no item holds more than its annotator count,
 no annotator went past their page. Exit status 1 if a check fails.
 """
@@ -136,8 +138,9 @@ def call(conn: http.client.HTTPConnection, route: str, body: dict) -> tuple[int,
 def worker_main(spec: dict, out_path: str) -> None:
     """One load-generator process: a thread per simulated annotator; writes its measurements as JSON."""
     answers = json.loads(Path(spec["answers"]).read_text())
-    samples: list[tuple[str, float, bool]] = []
+    samples: list[tuple[str, float, bool, bool]] = []  # (call, seconds, ok, the server answered)
     acknowledged: list[list] = []
+    messages: dict[str, int] = {}  # refusals by message, to explain any errors
     lock = threading.Lock()
     end = time.monotonic() + spec["duration"]
     lo, hi = spec["think"]
@@ -150,14 +153,23 @@ def worker_main(spec: dict, out_path: str) -> None:
             nonlocal conn
             started = time.perf_counter()
             try:
-                status, view = call(conn, route, body)
+                try:
+                    status, view = call(conn, route, body)
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    # the server closed an idle keep-alive connection (uvicorn: after 5 s); like any HTTP
+                    # client, reconnect and send again (all three calls are idempotent)
+                    conn.close()
+                    status, view = call(conn, route, body)
                 ok = status == 200 and view.get("ok") is True
             except (OSError, http.client.HTTPException, json.JSONDecodeError):
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", spec["port"], timeout=30)
-                status, view, ok = 0, None, False
+                status, view, ok = 0, None, False  # no answer: e.g. the server is restarting
+            if not ok and view is not None:
+                with lock:
+                    messages[view.get("message", "")[:80]] = messages.get(view.get("message", "")[:80], 0) + 1
             with lock:
-                samples.append((route, time.perf_counter() - started, ok))
+                samples.append((route, time.perf_counter() - started, ok, status != 0))
             if not ok:
                 time.sleep(0.5)  # e.g. the server is restarting
             return view if ok else None
@@ -165,6 +177,7 @@ def worker_main(spec: dict, out_path: str) -> None:
         def think() -> None:
             time.sleep(rng.uniform(lo, hi) if hi > 0 else 0)
 
+        time.sleep(rng.uniform(0, hi))  # arrivals spread over one think time, not all in the first instant
         for token in tokens:
             view = None
             while time.monotonic() < end:
@@ -192,7 +205,7 @@ def worker_main(spec: dict, out_path: str) -> None:
     threads = [threading.Thread(target=annotator, args=(tokens, i)) for i, tokens in enumerate(spec["tokens"])]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    Path(out_path).write_text(json.dumps({"samples": samples, "acknowledged": acknowledged}))
+    Path(out_path).write_text(json.dumps({"samples": samples, "acknowledged": acknowledged, "messages": messages}))
 
 
 def run_configuration(args: argparse.Namespace, items: int, folder: Path) -> dict:
@@ -233,13 +246,15 @@ def run_configuration(args: argparse.Namespace, items: int, folder: Path) -> dic
     cpu = server.cpu_seconds() - cpu_start
     server.stop()
 
-    samples, acknowledged = [], []
+    samples, acknowledged, messages = [], [], {}
     for out in outputs:
         data = json.loads(out.read_text())
         samples += data["samples"]
         acknowledged += data["acknowledged"]
+        for text, n in data["messages"].items():
+            messages[text] = messages.get(text, 0) + n
     return {"items": items, "startup_s": startup, "elapsed_s": elapsed, "server_cpu_s": cpu, "samples": samples,
-            "acknowledged": acknowledged, "restarts_s": restarts, "checks": check_database(db, study, acknowledged,
+            "acknowledged": acknowledged, "restarts_s": restarts, "messages": messages, "checks": check_database(db, study, acknowledged,
                                                                                           args)}
 
 
@@ -280,14 +295,18 @@ def report(result: dict) -> dict[str, float]:
           f"{1000 * result['server_cpu_s'] / max(1, len(result['samples'])):.1f} ms per call; startup "
           f"{result['startup_s']:.1f} s" + (f"; restarts after kill -9: {', '.join(f'{s:.1f}' for s in result['restarts_s'])} s"
                                                if result["restarts_s"] else ""))
-    print(f"{'call':<8} {'count':>7} {'errors':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    print(f"{'call':<8} {'count':>7} {'errors':>7} {'no reply':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+          f"{'mean ms':>8}")
     for route in ("start", "gate", "submit", "all"):
         chosen = [s for s in result["samples"] if route in ("all", s[0])]
         times = [1000 * s[1] for s in chosen if s[2]]
-        errors = sum(1 for s in chosen if not s[2])
+        errors = sum(1 for s in chosen if not s[2] and s[3])
+        down = sum(1 for s in chosen if not s[3])
         rows[route] = percentile(times, 0.5)
-        print(f"{route:<8} {len(chosen):>7} {errors:>7} {percentile(times, .5):>8.1f} {percentile(times, .95):>8.1f} "
+        print(f"{route:<8} {len(chosen):>7} {errors:>7} {down:>8} {percentile(times, .5):>8.1f} {percentile(times, .95):>8.1f} "
               f"{percentile(times, .99):>8.1f} {statistics.fmean(times) if times else float('nan'):>8.1f}")
+    if result["messages"]:
+        print("refusals: " + "; ".join(f"{n}x {text!r}" for text, n in result["messages"].items()))
     print("database checks: " + ", ".join(f"{k} {v}" for k, v in result["checks"].items()))
     return rows
 
