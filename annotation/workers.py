@@ -69,6 +69,7 @@ class DemoWorker:
             raise AnnotationError("too many demo requests from your address; wait a minute and try again")
         if not self._lock.acquire(timeout=self.busy_wait_s):
             raise AnnotationError("the demo is busy with another request; try again in a minute")
+        answered = False
         try:
             conn = self._ensure_started()
             conn.send((op, payload))
@@ -76,16 +77,19 @@ class DemoWorker:
                 try:
                     kind, *rest = conn.recv()
                 except (EOFError, OSError) as err:
-                    self._stop()
                     raise AnnotationError("the demo's model process stopped (out of memory?); try again, "
                                           "or pick a smaller model") from err
                 if kind == "progress" and progress:
                     progress(*rest)
                 elif kind == "ok":
+                    answered = True
                     return rest[0]
                 elif kind == "error":
+                    answered = True
                     raise AnnotationError(rest[0])
         finally:
+            if not answered:  # died, or we stopped listening mid-request (e.g. the browser left): the pipe
+                self._stop()  # may hold a late reply, so start afresh next time rather than misread it
             self._lock.release()
 
     def _ensure_started(self):
