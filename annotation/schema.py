@@ -15,6 +15,8 @@ assignments  one row per (item, annotator): who holds which item, the gate answe
 ratings      one row per (study, item, annotator, question): the rating of one explanation.
              `question` is "model" or "gold" (which explanation was rated); `shown_position` is 1 or 2.
              Unique (study_id, item_id, annotator_id, question): a retry replaces, never duplicates.
+settings     key/value pairs of the app itself, e.g. `admin_secret` (the admin password's salted scrypt
+             hash, never the password). `studies.status` is the study lifecycle: open | closed | archived.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ TABLES: dict[str, dict] = {
         "foreign_keys": [("study_id", "studies", "id"), ("item_id", "items", "id"),
                          ("annotator_id", "annotators", "id")],
     },
+    # app-wide settings (study lifecycle / admin secret block; see annotation/admin.py)
+    "settings": {"columns": {"key": str, "value": str, "updated_at": str}, "pk": "key"},
 }
 
 UNIQUE_INDEXES: list[tuple[str, list[str]]] = [

@@ -225,12 +225,13 @@ class Store:
         if not prolific_pid or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", prolific_pid):
             raise AnnotationError("the link has no valid PROLIFIC_PID; open the study from Prolific again",
                                   field="PROLIFIC_PID")
-        self.study(study_id)
+        study = self.study(study_id)
         with self.transaction() as db:
             rows = self._rows("SELECT * FROM annotators WHERE study_id = ? AND prolific_pid = ?",
                               [study_id, prolific_pid])
             if rows:
                 return _annotator(rows[0])
+            ensure_study_open(study)  # no new participants in a closed study
             annotator = Annotator(id="p-" + secrets.token_hex(6), study_id=study_id,
                                   token=secrets.token_urlsafe(16), source="prolific", prolific_pid=prolific_pid)
             db.execute(
@@ -253,6 +254,7 @@ class Store:
             if self._done_count(annotator.id) >= study["items_per_page"]:
                 self._mark_completed(db, annotator.id)
                 return None
+            ensure_study_open(study)  # a closed study gives no new items (an open one may still be finished)
             revived = self._revive_abandoned(db, annotator, study)
             if revived:
                 return revived
@@ -452,6 +454,71 @@ class Store:
                 "annotations_submitted": sum(r["done"] for r in per_item),
                 "annotations_needed": len(per_item) * target, "ratings": ratings,
                 "annotators": self.db["annotators"].count_where("study_id = ?", [study_id])}
+
+    # ---------------------------------------------------------------- study lifecycle and app settings
+    # (a separate block: the admin side. open -> closed -> open again, or -> archived; delete only unrated)
+    def set_study_status(self, study_id: str, status: str) -> None:
+        if status not in STUDY_STATUSES:
+            raise AnnotationError(f"unknown status {status!r}: use one of {', '.join(STUDY_STATUSES)}",
+                                  field="status")
+        self.study(study_id)
+        with self.transaction() as db:
+            db.execute("UPDATE studies SET status = ? WHERE id = ?", (status, study_id))
+
+    def delete_study(self, study_id: str) -> None:
+        """Remove a study that has no ratings (a mistake, a test); rated studies can only be archived."""
+        self.study(study_id)
+        with self.transaction() as db:
+            rated = db.execute("SELECT count(*) FROM ratings WHERE study_id = ?", [study_id]).fetchone()[0]
+            if rated:
+                raise AnnotationError(f"study {study_id!r} has {rated} ratings, so it cannot be deleted; "
+                                      "archive it instead (its data stay in the database)", field="study")
+            for table in ("assignments", "annotators", "items", "studies"):
+                db.execute(f"DELETE FROM {table} WHERE {'id' if table == 'studies' else 'study_id'} = ?",
+                           [study_id])
+
+    def study_id_for_name(self, name: str) -> str:
+        """The id a new study with this name gets; refuses a name whose id is taken (no silent suffix)."""
+        study_id = slugify(name)
+        if self.db["studies"].count_where("id = ?", [study_id]):
+            raise AnnotationError(f"a study named {study_id!r} already exists: choose another name",
+                                  field="name")
+        return study_id
+
+    def items_within_reach(self, annotator: Annotator) -> int:
+        """How many items this annotator can still be given (their open one included)."""
+        study = self.study(annotator.study_id)
+        return self.db.execute(
+            "SELECT count(*) FROM items i WHERE i.study_id = ? AND ("
+            "EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.annotator_id = ? AND a.status = ?) "
+            "OR (NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.annotator_id = ? "
+            "AND a.status != ?) AND (SELECT count(*) FROM assignments a WHERE a.item_id = i.id "
+            "AND a.status IN (?, ?)) < ?))",
+            [study["id"], annotator.id, ASSIGNED, annotator.id, ABANDONED, *COUNTED,
+             study["annotators_per_item"]]).fetchone()[0]
+
+    def setting(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+                       "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                       (key, value, iso(self.clock())))
+
+
+STUDY_STATUSES = ("open", "closed", "archived")
+
+
+STUDY_CLOSED = ("this study is closed and takes no new ratings. Thank you for your interest; if you think "
+                "this is a mistake, contact the study organiser")
+
+
+def ensure_study_open(study: dict[str, Any]) -> None:
+    """Refuse new work in a closed or archived study (annotators see STUDY_CLOSED)."""
+    if (study.get("status") or "open") != "open":
+        raise AnnotationError(STUDY_CLOSED, field="study")
 
 
 # -------------------------------------------------------------------- helpers
