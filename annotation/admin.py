@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
@@ -111,7 +112,7 @@ class AdminGate:
             _, locked_until = self._failures.get(client, (0, 0.0))
         wait = locked_until - self.clock()
         if wait > 0:
-            raise AnnotationError(f"too many wrong passwords: try again in {int(wait) + 1} seconds",
+            raise AnnotationError(f"too many wrong passwords: try again in {math.ceil(wait)} seconds",
                                   field="password")
 
     def change(self, current: str, new: str, repeated: str, client: str = "") -> None:
