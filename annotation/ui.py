@@ -67,7 +67,7 @@ CSS = """
   #sf-gate label, #sf-rating-a label, #sf-rating-b label {counter-increment: sf-key;}
   #sf-gate label > span:last-child::after, #sf-rating-a label > span:last-child::after,
   #sf-rating-b label > span:last-child::after {content: "  (" counter(sf-key) ")"; opacity: .6;}
-  #sf-gate-continue::after, #sf-submit::after {content: "\00a0 (Enter)"; opacity: .8;}
+  #sf-gate-continue::after, #sf-submit::after {content: "\\00a0 (Enter)"; opacity: .8;}
 }
 @media (max-width: 640px), (hover: none) {
   .sf-keys {display: none;}
