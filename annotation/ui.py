@@ -385,6 +385,7 @@ def _render(view: dict, previous_assignment: str, c: dict[str, Any]) -> dict:
     same_item = str(view.get("assignment_id", "")) == str(previous_assignment or "")
     notes = {c[name]: "" for name in ("gate_note", "note_a", "note_b", "submit_note")}
     if is_error and stage in ("gate", "rate") and same_item:
+        text = text[:1].upper() + text[1:]
         if stage == "gate":
             return {**notes, c["gate_note"]: message_html(text, True)}
         for slot in "ab":  # "choose a rating for Explanation B" also marks B's rating
