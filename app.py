@@ -2,11 +2,12 @@
 
     python app.py [--db models/studies.db] [--host 127.0.0.1] [--port 7860] [--admin-password PW] [--no-demo]
 
-The admin password comes from --admin-password, else the SPARSEFIT_ADMIN_PASSWORD environment variable,
-else a new one is generated and printed. If the quickstart predictions exist, the "quickstart" study is
-created from them on first start. The server never imports torch: the demo's model lives in a worker
-process started on first use, and `--build-quickstart` builds in another one while the app already serves
-(the page shows the build's progress). Annotator calls also have a JSON API (annotation/server.py).
+The admin password is stored hashed in the database. --admin-password (or the SPARSEFIT_ADMIN_PASSWORD
+environment variable) sets or replaces it; without either, the stored one is kept, and a new database gets a
+generated password, printed once. If the quickstart predictions exist, the "quickstart" study is created from
+them on first start. The server never imports torch: the demo's model lives in a worker process started on
+first use, and `--build-quickstart` builds in another one while the app already serves (the page shows the
+build's progress). Annotator calls also have a JSON API (annotation/server.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--admin-password", default=None,
-                        help="admin password (default: $SPARSEFIT_ADMIN_PASSWORD, else a generated one)")
+                        help="set (replace) the admin password (default: $SPARSEFIT_ADMIN_PASSWORD, else keep the "
+                             "stored one; a new database gets a generated one, printed once)")
     parser.add_argument("--models-dir", default=None,
                         help="where fine-tuned runs are (default: $SPARSEFIT_MODELS_DIR, else models/)")
     parser.add_argument("--quickstart-predictions", default=None,
@@ -54,11 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     models_dir = Path(args.models_dir) if args.models_dir else admin.default_models_dir()
     args.db = args.db or str(models_dir / "studies.db")
     args.quickstart_predictions = args.quickstart_predictions or str(models_dir / "quickstart" / "predictions.jsonl")
-    password = args.admin_password or os.environ.get("SPARSEFIT_ADMIN_PASSWORD") or ""
-    if not password:
-        password = admin.new_password()
-        print(f"Admin password (generated for this run): {password}", flush=True)
     store = Store(args.db)
+    # the admin secret lives hashed in the database: a given password replaces it, else the stored one holds
+    generated = admin.ensure_admin_secret(
+        store, args.admin_password or os.environ.get("SPARSEFIT_ADMIN_PASSWORD") or None)
+    if generated:
+        print(f"Admin password (generated once, shown only now; stored hashed in {args.db}; change it in the "
+              f"Admin tab): {generated}", flush=True)
     try:
         study_id = admin.ensure_quickstart_study(store, args.quickstart_predictions)
     except AnnotationError as err:
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     elif study_id is None:
         print(f"No quickstart predictions at {args.quickstart_predictions}: build them in the Admin tab "
               "(or start with --build-quickstart).", flush=True)
-    demo = build_app(args.db, password, models_dir=models_dir,
+    demo = build_app(args.db, None, models_dir=models_dir,
                      quickstart_predictions=args.quickstart_predictions, base_url=args.base_url,
                      with_demo=not args.no_demo, banner=build.banner if build else None)
     demo.queue(default_concurrency_limit=8)
@@ -83,11 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         build.start()
     base = args.base_url or local_url
     if study_id:
-        links = [admin.annotator_link(base, a["token"]) for a in
-                 store.db["annotators"].rows_where("study_id = ? AND source = 'link'", [study_id], limit=1)]
-        if not links:
-            links = [admin.annotator_link(base, store.add_annotators(study_id, 1)[0].token)]
-        print(f"Study {study_id!r} is ready; an annotator link to try it: {links[0]}", flush=True)
+        link = admin.unused_annotator_link(store, study_id, base)  # never one somebody already started
+        print(f"Study {study_id!r} is ready (more links: Admin tab → Annotator links); an unused annotator "
+              f"link to try it: {link}", flush=True)
     print(f"SparseFit app running on {local_url} (database {args.db}); started in "
           f"{time.perf_counter() - STARTED:.1f}s; torch imported: {'torch' in sys.modules}", flush=True)
     # SIGTERM ends like Ctrl-C, so exit handlers stop the worker processes (demo model, quickstart build)

@@ -5,8 +5,12 @@ Plain functions (no Gradio) so the CLI and the web app share them. Torch-free at
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode
@@ -17,32 +21,135 @@ from sparsefit.paths import models_dir as default_models_dir  # noqa: F401 (torc
 from sparsefit.paths import quickstart_predictions_path as quickstart_predictions  # noqa: F401
 
 QUICKSTART_STUDY = "quickstart"
-
-
-
+ADMIN_SECRET_KEY = "admin_secret"
+MIN_PASSWORD_LENGTH = 8
+MAX_WRONG_TRIES = 5  # per client address, then a lock-out
+LOCKOUT_SECONDS = 60
+SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}  # ~16 MiB and tens of ms per check: slow to brute-force offline
 
 PROLIFIC_PLACEHOLDERS = {"PROLIFIC_PID": "{{%PROLIFIC_PID%}}", "STUDY_ID": "{{%STUDY_ID%}}",
                          "SESSION_ID": "{{%SESSION_ID%}}"}
 
 
-class AdminGate:
-    """Checks the admin password in constant time."""
+# ---------------------------------------------------------------- admin secret
 
-    def __init__(self, password: str):
-        if not password:
-            raise AnnotationError("the admin password must not be empty", field="admin_password")
-        self._password = password
 
-    def ok(self, attempt: str | None) -> bool:
-        return hmac.compare_digest((attempt or "").encode(), self._password.encode())
+def hash_secret(password: str) -> str:
+    """`scrypt$n$r$p$salt$hash` (hex); the database never holds the password itself."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **SCRYPT)
+    return f"scrypt${SCRYPT['n']}${SCRYPT['r']}${SCRYPT['p']}${salt.hex()}${digest.hex()}"
 
-    def require(self, attempt: str | None) -> None:
-        if not self.ok(attempt):
-            raise AnnotationError("wrong admin password", field="password")
+
+def verify_secret(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        attempt = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(attempt.hex(), digest)
 
 
 def new_password() -> str:
     return secrets.token_urlsafe(12)
+
+
+def ensure_admin_secret(store: Store, password: str | None = None) -> str | None:
+    """Make sure the database holds an admin secret; returns a password only when it generated one.
+
+    A given password (--admin-password / $SPARSEFIT_ADMIN_PASSWORD) replaces the stored one; otherwise the
+    stored one is kept across restarts; a database without one gets a generated password (shown once).
+    """
+    if password:
+        store.set_setting(ADMIN_SECRET_KEY, hash_secret(password))
+        return None
+    if store.setting(ADMIN_SECRET_KEY):
+        return None
+    generated = new_password()
+    store.set_setting(ADMIN_SECRET_KEY, hash_secret(generated))
+    return generated
+
+
+class AdminGate:
+    """Checks the admin password against the stored hash, with a lock-out per client after wrong tries.
+
+    The hash is read from the database at every check, so a password changed in one app worker holds in all.
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}  # client -> (wrong tries, locked until)
+        self._lock = threading.Lock()
+
+    def ok(self, attempt: str | None) -> bool:
+        stored = self.store.setting(ADMIN_SECRET_KEY)
+        return bool(attempt and stored and verify_secret(attempt, stored))
+
+    def require(self, attempt: str | None, client: str = "") -> None:
+        """Raise AnnotationError (field "password") for a wrong password or a locked-out client."""
+        self._refuse_if_locked(client)
+        if self.ok(attempt):
+            with self._lock:
+                self._failures.pop(client, None)
+            return
+        with self._lock:
+            count, _ = self._failures.get(client, (0, 0.0))
+            count += 1
+            locked_until = self.clock() + LOCKOUT_SECONDS if count >= MAX_WRONG_TRIES else 0.0
+            self._failures[client] = (0 if locked_until else count, locked_until)
+        if locked_until:
+            raise AnnotationError(f"wrong admin password, {MAX_WRONG_TRIES} times: sign-in is locked for "
+                                  f"{LOCKOUT_SECONDS} seconds from your address", field="password")
+        left = MAX_WRONG_TRIES - count
+        raise AnnotationError(f"wrong admin password ({left} {'try' if left == 1 else 'tries'} left before a "
+                              f"{LOCKOUT_SECONDS}-second lock-out)", field="password")
+
+    def _refuse_if_locked(self, client: str) -> None:
+        with self._lock:
+            _, locked_until = self._failures.get(client, (0, 0.0))
+        wait = locked_until - self.clock()
+        if wait > 0:
+            raise AnnotationError(f"too many wrong passwords: try again in {math.ceil(wait)} seconds",
+                                  field="password")
+
+    def change(self, current: str, new: str, repeated: str, client: str = "") -> None:
+        self.require(current, client)
+        if len(new or "") < MIN_PASSWORD_LENGTH:
+            raise AnnotationError(f"the new password needs at least {MIN_PASSWORD_LENGTH} characters",
+                                  field="new_password")
+        if new != repeated:
+            raise AnnotationError("the two new passwords differ", field="new_password")
+        self.store.set_setting(ADMIN_SECRET_KEY, hash_secret(new))
+
+
+# ---------------------------------------------------------------- studies
+
+
+def check_new_study_name(store: Store, name: str | None) -> None:
+    """A typed name must be free (a silent `-1a2b` suffix would hide a mistake)."""
+    if name and name.strip():
+        store.study_id_for_name(name.strip())
+
+
+def study_rows(store: Store) -> list[dict[str, Any]]:
+    """Studies with their lifecycle status, newest last."""
+    return store._rows(
+        "SELECT s.id, s.name, s.preset, coalesce(s.status, 'open') AS status, s.created_at, "
+        "(SELECT count(*) FROM items i WHERE i.study_id = s.id) AS items, "
+        "(SELECT count(*) FROM ratings r WHERE r.study_id = s.id) AS ratings "
+        "FROM studies s ORDER BY s.created_at")
+
+
+def unused_annotator_link(store: Store, study_id: str, base_url: str) -> str:
+    """A link of a link-annotator who has not started yet; a new annotator when all have started."""
+    rows = store._rows(
+        "SELECT a.token FROM annotators a WHERE a.study_id = ? AND a.source = 'link' AND NOT EXISTS "
+        "(SELECT 1 FROM assignments s WHERE s.annotator_id = a.id) ORDER BY a.created_at LIMIT 1", [study_id])
+    token = rows[0]["token"] if rows else store.add_annotators(study_id, 1)[0].token
+    return annotator_link(base_url, token)
 
 
 def annotator_link(base_url: str, token: str) -> str:
@@ -95,5 +202,18 @@ def export(db_path: str | Path, study_id: str, fmt: str, out_path: str | Path) -
     return Path(export_study(str(db_path), study_id, fmt, str(out_path)))
 
 
-def progress_rows(store: Store, study_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    return store.study_progress(study_id), store.annotator_progress(study_id)
+ANNOTATOR_COLUMNS = ["annotator", "source", "Prolific id", "rated", "ended at gate", "in progress",
+                     "timed out", "mean s / item", "last activity (UTC)", "finished"]
+
+
+def progress_rows(store: Store, study_id: str) -> tuple[dict[str, Any], list[list[Any]]]:
+    """The study's counts and one display row per annotator (columns: ANNOTATOR_COLUMNS)."""
+    rows = [[r["annotator"], r["source"], r["prolific_pid"] or "-", r["submitted"] or 0, r["gate_failed"] or 0,
+             r["in_progress"] or 0, r["abandoned"] or 0, "-" if r["mean_seconds"] is None else r["mean_seconds"],
+             _minute(r["last_activity"]), "yes" if r["completed_at"] else "no"]
+            for r in store.annotator_progress(study_id)]
+    return store.study_progress(study_id), rows
+
+
+def _minute(timestamp: str | None) -> str:
+    return timestamp[:16].replace("T", " ") if timestamp else "-"

@@ -100,8 +100,7 @@ class AnnotatorFlow:
                 "progress": {"done": progress.done, "total": progress.quota}}
         if assignment is None:
             return {**base, **self._done_view(annotator, study, progress)}
-        number = min(progress.done + 1, progress.quota)
-        base["progress"]["text"] = f"Item {number} of {progress.quota}"
+        base["progress"]["text"] = progress_text(progress, self.store.items_within_reach(annotator))
         return {**base, **self._item_view(assignment, protocol)}
 
     def _done_view(self, annotator: Annotator, study: dict, progress) -> dict[str, Any]:
@@ -109,8 +108,7 @@ class AnnotatorFlow:
         least one item rated, not blocked at the gate); nothing else shows a code."""
         code = progress.completion_code
         view = {"stage": "done", "completion_code": code,
-                "progress": {"done": progress.done, "total": progress.quota,
-                             "text": f"{progress.done} of {progress.quota} done"}}
+                "progress": {"done": progress.done, "total": progress.quota, "text": done_text(progress)}}
         if progress.blocked:
             view["thanks"] = ("This study has ended for you: several answers in a row did not match the "
                               "expected answer. Thank you for your time.")
@@ -160,6 +158,19 @@ class AnnotatorFlow:
                     shortcomings=[{"value": s["value"], "label": s["label"]} for s in protocol["shortcomings"]],
                     comment=bool(protocol["comment"]))
         return view
+
+
+def progress_text(progress, within_reach: int) -> str:
+    """"Item n of N": N is what this annotator can really get (their page, or fewer if the study has fewer
+    items left for them); items ended by a wrong gate answer are named apart, not counted as rated."""
+    total = max(min(progress.quota, progress.done + within_reach), progress.done + 1)
+    text = f"Item {progress.done + 1} of {total}"
+    return text + (f" ({progress.gate_failed} ended at the question)" if progress.gate_failed else "")
+
+
+def done_text(progress) -> str:
+    text = f"{progress.submitted} rated"
+    return text + (f", {progress.gate_failed} ended at the question" if progress.gate_failed else "")
 
 
 def error_view(message: str) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from annotation.analysis import AnalysisResult, QCSettings, format_stat, run_ana
 from annotation.errors import AnnotationError
 
 log = logging.getLogger(__name__)
-REFUSED = "**Admin password required.** Enter the admin password above, then try again."
 SCORE_COLUMNS = ["model", "method", "dataset", "question", "items", "ratings", "mean", "std", "stderr", "ci_low",
                  "ci_high"]
 AGREEMENT_COLUMNS = ["scope", "question", "items", "raters (kappa)", "dropped (kappa)", "Fleiss' kappa (binary)",
@@ -32,24 +31,38 @@ BREAKDOWN_COLUMNS = ["model", "method", "dataset", "question", "items", "mean", 
 SHORTCOMING_COLUMNS = ["model", "method", "dataset", "question", "shortcoming", "count", "share"]
 
 
-def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_box: gr.Textbox) -> None:
-    """Build the Results tab contents in the current Blocks context."""
-    gr.Markdown("Scores are means of item scores x100 with bootstrap 95% CIs over items. Quality control runs "
-                "first; every exclusion is counted below.")
-    with gr.Row():
-        study = gr.Dropdown(label="Study", choices=[], allow_custom_value=True, scale=3)
-        refresh = gr.Button("List studies", scale=1)
+def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_box: gr.Textbox, *,
+                      require_admin: Callable[[str, gr.Request | None], None] | None = None) -> None:
+    """Build the Results tab contents in the current Blocks context.
+
+    `require_admin(password, request)`, when given, replaces `is_admin`: it raises AnnotationError for a wrong
+    password or a client locked out after too many wrong ones (the app's AdminGate).
+    """
+    if require_admin is None:
+        def require_admin(password: str, request: gr.Request | None) -> None:
+            if not is_admin(password):
+                raise AnnotationError("wrong admin password", field="password")
+
+    gr.Markdown("Sign in on the **Admin** tab first; this tab uses that sign-in. Scores are means of item "
+                "scores x100 with bootstrap 95% CIs over items. Quality control runs first; every exclusion "
+                "is counted below.")
+    with gr.Row(equal_height=True):
+        study = gr.Dropdown(label="Study", choices=[], allow_custom_value=True, scale=3, elem_id="sf-results-study")
+        refresh = gr.Button("List studies", scale=1, elem_id="sf-results-list")
+    list_note = gr.Markdown(elem_id="sf-results-list-msg")
     with gr.Row():
         min_seconds = gr.Number(label="Min seconds per item (0 = off)", value=0, minimum=0)
         min_gold = gr.Number(label="Min gold acceptance 0-1 (0 = off)", value=0, minimum=0, maximum=1)
         gate_filter = gr.Checkbox(label="Exclude wrong gate answers", value=True)
-    run = gr.Button("Analyze", variant="primary")
-    status = gr.Markdown()
-    scores = gr.Dataframe(label="Scores per system", headers=SCORE_COLUMNS, interactive=False)
+    run = gr.Button("Analyze", variant="primary", elem_id="sf-results-analyze")
+    status = gr.Markdown(elem_id="sf-results-status")
+    scores = gr.Dataframe(label="Scores per system", headers=SCORE_COLUMNS, interactive=False,
+                          elem_id="sf-results-scores")
     with gr.Row():
-        score_plot = gr.Plot(label="Score per system (95% CI)")
-        distribution_plot = gr.Plot(label="Rating distribution")
-        scatter_plot = gr.Plot(label="Human vs BERTScore")
+        # titles live inside the figures: a gr.Plot label floats over the figure's top edge
+        score_plot = gr.Plot(show_label=False, elem_id="sf-results-score-plot")
+        distribution_plot = gr.Plot(show_label=False, elem_id="sf-results-distribution-plot")
+        scatter_plot = gr.Plot(show_label=False, elem_id="sf-results-scatter-plot")
     agreement = gr.Dataframe(label="Agreement", headers=AGREEMENT_COLUMNS, interactive=False)
     with gr.Row():
         qc = gr.Dataframe(label="Quality control", headers=QC_COLUMNS, interactive=False)
@@ -59,14 +72,23 @@ def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_bo
         by_correct = gr.Dataframe(label="By correct / incorrect prediction", headers=BREAKDOWN_COLUMNS + ["correct"],
                                   interactive=False)
         shortcomings = gr.Dataframe(label="Shortcomings", headers=SHORTCOMING_COLUMNS, interactive=False)
-    with gr.Row():
+    with gr.Row(equal_height=True):
         fmt = gr.Radio(["csv", "jsonl", "parquet"], value="csv", label="Export format")
-        export = gr.Button("Export ratings table")
-        export_file = gr.File(label="Export", interactive=False)
+        export = gr.Button("Export ratings table", elem_id="sf-results-export")
+    export_note = gr.Markdown(elem_id="sf-results-export-msg")
+    export_file = gr.File(label="Export", interactive=False)
 
-    def list_studies(password: str):
-        if not is_admin(password):
-            return gr.Dropdown(choices=[]), REFUSED
+    def refused(password: str, request: gr.Request | None) -> str | None:
+        try:
+            require_admin(password, request)
+        except AnnotationError as err:
+            return f"**Sign in on the Admin tab first.** {err.reason[:1].upper() + err.reason[1:]}."
+        return None
+
+    def list_studies(request: gr.Request, password: str):
+        refusal = refused(password, request)
+        if refusal:
+            return gr.Dropdown(choices=[]), refusal
         try:
             found = study_ids(db_path)
         except AnnotationError as err:
@@ -75,14 +97,15 @@ def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_bo
         return (gr.Dropdown(choices=choices, value=found[0][0] if found else None),
                 f"{len(found)} studies." if found else "No studies in this database yet.")
 
-    def analyze(password: str, study_id: str, seconds: float, gold: float, gate: bool,
+    def analyze(request: gr.Request, password: str, study_id: str, seconds: float, gold: float, gate: bool,
                 progress=gr.Progress()):
         empty = (pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=AGREEMENT_COLUMNS),
                  pd.DataFrame(columns=QC_COLUMNS), pd.DataFrame(columns=CORRELATION_COLUMNS), None, None, None,
                  pd.DataFrame(columns=BREAKDOWN_COLUMNS + ["gold_label"]),
                  pd.DataFrame(columns=BREAKDOWN_COLUMNS + ["correct"]), pd.DataFrame(columns=SHORTCOMING_COLUMNS))
-        if not is_admin(password):
-            return (REFUSED, *empty)
+        refusal = refused(password, request)
+        if refusal:
+            return (refusal, *empty)
         if not study_id:
             return ("Choose a study first (List studies).", *empty)
         settings = QCSettings(min_seconds=float(seconds or 0), min_gold_acceptance=float(gold or 0),
@@ -100,9 +123,11 @@ def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_bo
         return (_status_text(result.report), *result_tables(result), *result_plots(result),
                 *detail_tables(result.report))
 
-    def export_table(password: str, study_id: str, export_format: str, seconds: float, gold: float, gate: bool):
-        if not is_admin(password):
-            return None, REFUSED
+    def export_table(request: gr.Request, password: str, study_id: str, export_format: str, seconds: float,
+                     gold: float, gate: bool):
+        refusal = refused(password, request)
+        if refusal:
+            return None, refusal
         if not study_id:
             return None, "Choose a study first (List studies)."
         from annotation.export import export_study
@@ -118,13 +143,13 @@ def build_results_tab(db_path: str, is_admin: Callable[[str], bool], password_bo
                           f"{'the Parquet metadata and ' if export_format == 'parquet' else ''}"
                           f"{out.name}.protocol.json next to it.")
 
-    refresh.click(list_studies, [password_box], [study, status], api_name="results_studies")
+    refresh.click(list_studies, [password_box], [study, list_note], api_name="results_studies")
     run.click(analyze, [password_box, study, min_seconds, min_gold, gate_filter],
               [status, scores, agreement, qc, correlations, score_plot, distribution_plot, scatter_plot,
                by_label, by_correct, shortcomings],
               api_name="results_analyze")
     export.click(export_table, [password_box, study, fmt, min_seconds, min_gold, gate_filter],
-                 [export_file, status], api_name="results_export")
+                 [export_file, export_note], api_name="results_export")
 
 
 # ---------------------------------------------------------------- tables
@@ -208,6 +233,7 @@ def score_figure(report: dict[str, Any]) -> Figure:
                     ["\n".join(system) for system in systems], fontsize=7)
     axes.set_ylim(0, 100)
     axes.set_ylabel("human score (x100)")
+    axes.set_title("Score per system (95% CI)", fontsize=9)
     if questions:
         axes.legend(fontsize=7)
     return figure
@@ -227,6 +253,7 @@ def distribution_figure(report: dict[str, Any]) -> Figure:
     axes.set_xticks([i + width * (len(questions) - 1) / 2 for i in range(len(labels))], labels, fontsize=8)
     axes.set_ylim(0, min(1.0, max([r["share"] for r in rows], default=0.5) * 1.25))
     axes.set_ylabel("share of ratings")
+    axes.set_title("Rating distribution", fontsize=9)
     if questions:
         axes.legend(fontsize=7)
     return figure
@@ -247,4 +274,5 @@ def scatter_figure(result: AnalysisResult) -> Figure:
     axes.scatter(paired[metric], paired["human_score"] * 100, s=8, alpha=0.5)
     axes.set_xlabel(metric.removeprefix("metric_"))
     axes.set_ylabel("human score, model expl. (x100)")
+    axes.set_title("Human score vs automatic metric", fontsize=9)
     return figure

@@ -21,8 +21,10 @@ ratings      one row per (study, item, annotator, question): the rating of one e
              `question` is "model" or "gold" (which explanation was rated); `shown_position` is 1 or 2.
              Unique (study_id, item_id, annotator_id, question): a submitted assignment is final, so a
              retry is answered from the stored rows and never writes.
+settings     key/value pairs of the app itself, e.g. `admin_secret` (the admin password's salted scrypt
+             hash, never the password). `studies.status` is the study lifecycle: open | closed | archived.
 
-Migrations: `ensure_schema` adds missing columns, indexes and triggers to an older file (version 1 -> 2).
+Migrations: `ensure_schema` adds missing tables, columns, indexes and triggers to an older file (1 -> 3).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: entry keys, taken counts, earned codes; 3: settings (admin secret)
 
 TABLES: dict[str, dict] = {
     "studies": {
@@ -84,6 +86,8 @@ TABLES: dict[str, dict] = {
         "foreign_keys": [("study_id", "studies", "id"), ("item_id", "items", "id"),
                          ("annotator_id", "annotators", "id")],
     },
+    # app-wide settings (study lifecycle / admin secret block; see annotation/admin.py)
+    "settings": {"columns": {"key": str, "value": str, "updated_at": str}, "pk": "key"},
 }
 
 UNIQUE_INDEXES: list[tuple[str, list[str]]] = [

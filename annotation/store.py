@@ -276,11 +276,13 @@ class Store:
             raise AnnotationError("this study link is incomplete or not valid; open the study from Prolific "
                                   "again, or ask the researcher for the full link", field="key")
         cap = rows[0]["max_signups"]
+        study = self.study(study_id)
         with self.transaction() as db:
             rows = self._rows("SELECT * FROM annotators WHERE study_id = ? AND prolific_pid = ?",
                               [study_id, prolific_pid])
             if rows:
                 return _annotator(rows[0])
+            ensure_study_open(study)  # no new participants in a closed study
             if cap is not None and db.execute("SELECT count(*) FROM annotators WHERE study_id = ? AND "
                                               "source = 'prolific'", [study_id]).fetchone()[0] >= cap:
                 raise AnnotationError("this study is full; thank you for your interest", field="study")
@@ -302,6 +304,14 @@ class Store:
         with self.transaction() as db:
             return self._next_locked(db, annotator, study)
 
+    def _next_after_write(self, db, annotator: Annotator, study: dict) -> Assignment | None:
+        """The next item after a write in the same transaction: a study closed meanwhile must not undo the
+        write (raising here would roll it back), so it just has no next item."""
+        try:
+            return self._next_locked(db, annotator, study)
+        except AnnotationError:
+            return None
+
     def _next_locked(self, db, annotator: Annotator, study: dict) -> Assignment | None:
         """next_assignment's work, inside the caller's transaction (a submission and the choice of the next
         item share one commit, i.e. one fsync)."""
@@ -314,6 +324,7 @@ class Store:
         if self._done_count(annotator.id) >= study["items_per_page"]:
             self._earn_code(db, annotator, study)
             return None
+        ensure_study_open(study)  # a closed study gives no new items (an open one may still be finished)
         revived = self._revive_abandoned(db, annotator, study)
         if revived:
             return revived
@@ -423,7 +434,7 @@ class Store:
         with self.transaction() as db:
             assignment = self.assignment(annotator, assignment_id)
             if assignment.gate_answer is not None or assignment.status == SUBMITTED:
-                return assignment, self._next_locked(db, annotator, study)
+                return assignment, self._next_after_write(db, annotator, study)
             self._hold(db, assignment, study)
             if not (answer or "").strip():
                 raise AnnotationError("choose an answer first", field="gate_answer")
@@ -442,7 +453,7 @@ class Store:
                            (limit, limit, iso(now), annotator.id))
             else:
                 db.execute("UPDATE annotators SET gate_fail_streak = 0 WHERE id = ?", (annotator.id,))
-            return self.assignment(annotator, assignment_id), self._next_locked(db, annotator, study)
+            return self.assignment(annotator, assignment_id), self._next_after_write(db, annotator, study)
 
     def submit(self, annotator: Annotator, assignment_id: int, ratings: dict[str, RatingInput],
                comment: str = "") -> Assignment:
@@ -458,7 +469,7 @@ class Store:
         with self.transaction() as db:
             assignment = self.assignment(annotator, assignment_id)
             if assignment.status == SUBMITTED:
-                return assignment, self._next_locked(db, annotator, study)
+                return assignment, self._next_after_write(db, annotator, study)
             self._hold(db, assignment, study)
             if protocol["gate"]["enabled"] and assignment.gate_answer is None:
                 raise AnnotationError("answer the question about the item first", field="gate_answer")
@@ -475,7 +486,7 @@ class Store:
             db.execute("UPDATE assignments SET status = ?, submitted_at = ?, seconds_spent = ? WHERE id = ?",
                        (SUBMITTED, iso(now), seconds, assignment.id))
             assignment.status = SUBMITTED
-            return assignment, self._next_locked(db, annotator, study)
+            return assignment, self._next_after_write(db, annotator, study)
 
     def _rating_rows(self, protocol: dict, assignment: Assignment, ratings: dict[str, RatingInput],
                      comment: str) -> list[dict[str, Any]]:
@@ -543,6 +554,71 @@ class Store:
                 "annotations_submitted": sum(r["done"] for r in per_item),
                 "annotations_needed": len(per_item) * target, "ratings": ratings,
                 "annotators": self.db["annotators"].count_where("study_id = ?", [study_id])}
+
+    # ---------------------------------------------------------------- study lifecycle and app settings
+    # (a separate block: the admin side. open -> closed -> open again, or -> archived; delete only unrated)
+    def set_study_status(self, study_id: str, status: str) -> None:
+        if status not in STUDY_STATUSES:
+            raise AnnotationError(f"unknown status {status!r}: use one of {', '.join(STUDY_STATUSES)}",
+                                  field="status")
+        self.study(study_id)
+        with self.transaction() as db:
+            db.execute("UPDATE studies SET status = ? WHERE id = ?", (status, study_id))
+
+    def delete_study(self, study_id: str) -> None:
+        """Remove a study that has no ratings (a mistake, a test); rated studies can only be archived."""
+        self.study(study_id)
+        with self.transaction() as db:
+            rated = db.execute("SELECT count(*) FROM ratings WHERE study_id = ?", [study_id]).fetchone()[0]
+            if rated:
+                raise AnnotationError(f"study {study_id!r} has {rated} ratings, so it cannot be deleted; "
+                                      "archive it instead (its data stay in the database)", field="study")
+            for table in ("assignments", "annotators", "items", "studies"):
+                db.execute(f"DELETE FROM {table} WHERE {'id' if table == 'studies' else 'study_id'} = ?",
+                           [study_id])
+
+    def study_id_for_name(self, name: str) -> str:
+        """The id a new study with this name gets; refuses a name whose id is taken (no silent suffix)."""
+        study_id = slugify(name)
+        if self.db["studies"].count_where("id = ?", [study_id]):
+            raise AnnotationError(f"a study named {study_id!r} already exists: choose another name",
+                                  field="name")
+        return study_id
+
+    def items_within_reach(self, annotator: Annotator) -> int:
+        """How many items this annotator can still be given (their open one included)."""
+        study = self.study(annotator.study_id)
+        return self.db.execute(
+            "SELECT count(*) FROM items i WHERE i.study_id = ? AND ("
+            "EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.annotator_id = ? AND a.status = ?) "
+            "OR (NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.annotator_id = ? "
+            "AND a.status != ?) AND (SELECT count(*) FROM assignments a WHERE a.item_id = i.id "
+            "AND a.status IN (?, ?)) < ?))",
+            [study["id"], annotator.id, ASSIGNED, annotator.id, ABANDONED, *COUNTED,
+             study["annotators_per_item"]]).fetchone()[0]
+
+    def setting(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+                       "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                       (key, value, iso(self.clock())))
+
+
+STUDY_STATUSES = ("open", "closed", "archived")
+
+
+STUDY_CLOSED = ("this study is closed and takes no new ratings. Thank you for your interest; if you think "
+                "this is a mistake, contact the study organiser")
+
+
+def ensure_study_open(study: dict[str, Any]) -> None:
+    """Refuse new work in a closed or archived study (annotators see STUDY_CLOSED)."""
+    if (study.get("status") or "open") != "open":
+        raise AnnotationError(STUDY_CLOSED, field="study")
 
 
 # -------------------------------------------------------------------- helpers

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
+import pandas as pd
 
 from annotation import admin
 from annotation.errors import AnnotationError
 from annotation.flow import AnnotatorFlow, field_title
 from annotation.protocol import list_presets
-from annotation.store import Store, StudySettings
+from annotation.store import STUDY_CLOSED, Store, StudySettings
 from annotation.backend import INPUT_FIELDS
 
 CUSTOM_PRESET = "custom (upload a preset file)"
@@ -30,6 +31,7 @@ DEMO_MAX_FIELDS = 6
 BUILTIN_MODELS = ["default", "tiny-t5", "tiny-causal"]
 PRIVATE = {"api_visibility": "private"}
 FAST = {**PRIVATE, "queue": False}  # annotator events: no queue round trip (see _annotate_tab)
+REDIRECT_SECONDS = 5  # Prolific participants are sent back automatically after this long
 
 CSS = """
 .sf-fields {display: grid; gap: .6rem; margin: .2rem 0 .4rem;}
@@ -47,6 +49,30 @@ CSS = """
 .sf-msg.info {background: #e8f4fd; color: #0b4a6f;}
 .sf-code {font-size: 1.6rem; font-family: monospace; letter-spacing: .1em;}
 .sf-focus {outline: 3px solid var(--color-accent); outline-offset: 4px; border-radius: 6px;}
+#sf-gate-msg .sf-msg, #sf-submit-msg .sf-msg, #sf-rating-a-msg .sf-msg, #sf-rating-b-msg .sf-msg,
+[id^=sf-admin-][id$=-msg] .sf-msg {margin: .3rem 0;}
+.sf-overview {display: grid; gap: .35rem; padding: .6rem .8rem; border: 1px solid var(--border-color-primary);
+  border-radius: 6px;}
+.sf-bar {display: grid; grid-template-columns: 11rem 1fr auto; gap: .6rem; align-items: center;}
+.sf-bar progress {width: 100%; height: .9rem; accent-color: var(--color-accent);}
+.sf-badge {display: inline-block; padding: 0 .5rem; border-radius: 999px; font-size: .8rem; font-weight: 600;
+  text-transform: uppercase;}
+.sf-badge.sf-open {background: #e3f6e8; color: #1d6b34;}
+.sf-badge.sf-closed {background: #fdf1dc; color: #7a4b00;}
+.sf-badge.sf-archived {background: #ececec; color: #444;}
+.sf-keys {font-size: .85rem; opacity: .75; margin-top: .4rem;}
+/* keyboard hints (key numbers after each option, "(Enter)" on buttons) only where there is a keyboard */
+@media (min-width: 641px) and (hover: hover) {
+  #sf-gate .wrap, #sf-rating-a .wrap, #sf-rating-b .wrap {counter-reset: sf-key;}
+  #sf-gate label, #sf-rating-a label, #sf-rating-b label {counter-increment: sf-key;}
+  #sf-gate label > span:last-child::after, #sf-rating-a label > span:last-child::after,
+  #sf-rating-b label > span:last-child::after {content: "  (" counter(sf-key) ")"; opacity: .6;}
+  #sf-gate-continue::after, #sf-submit::after {content: "\\00a0 (Enter)"; opacity: .8;}
+}
+@media (max-width: 640px), (hover: none) {
+  .sf-keys {display: none;}
+  .sf-bar {grid-template-columns: 1fr; gap: .1rem;}
+}
 """
 
 # Keyboard: 1-9 choose a gate option or a scale point (for the clicked explanation, else A then B),
@@ -115,6 +141,54 @@ KEYBOARD_JS = """
       }
     }
   }, true);  // capture phase: a focused checkbox would otherwise toggle on Enter before we submit
+
+  // Drafts: ratings picked for an item survive a reload (localStorage, keyed by the assignment id);
+  // the server only ever stores submitted ratings.
+  const groups = ['sf-rating-a', 'sf-rating-b', 'sf-short-a', 'sf-short-b'];
+  const currentId = () => { const el = document.getElementById('sf-assignment-id'); return el ? el.dataset.id : ''; };
+  const inputsOf = (id) => { const g = document.getElementById(id); return g ? [...g.querySelectorAll('input')] : []; };
+  document.addEventListener('change', (event) => {
+    const id = currentId();
+    if (!id || !event.target.closest || !event.target.closest(groups.map((g) => '#' + g).join(','))) return;
+    const draft = {};
+    for (const g of groups) draft[g] = inputsOf(g).map((input, i) => input.checked ? i : -1).filter((i) => i >= 0);
+    try { localStorage.setItem('sf-draft-' + id, JSON.stringify(draft)); } catch (e) { /* private mode */ }
+  }, true);
+  let shownId = null, restoredId = null;
+  const watch = () => {
+    const id = currentId();
+    if (id !== shownId) {  // a new item (or the end): forget the previous draft, show the item's top
+      if (shownId) { try { localStorage.removeItem('sf-draft-' + shownId); } catch (e) {} }
+      if (shownId !== null && id) {
+        const top = document.getElementById('sf-progress');
+        if (top) top.scrollIntoView({block: 'start'});
+      }
+      shownId = id;
+    }
+    if (id && restoredId !== id && visible(document.getElementById('sf-rating-a')) && inputsOf('sf-rating-a').length) {
+      restoredId = id;
+      let draft = null;
+      try { draft = JSON.parse(localStorage.getItem('sf-draft-' + id) || 'null'); } catch (e) {}
+      if (draft) {
+        for (const g of groups) {
+          const inputs = inputsOf(g);
+          for (const i of draft[g] || []) if (inputs[i] && !inputs[i].checked) inputs[i].click();
+        }
+      }
+    }
+    const link = document.getElementById('sf-completion-link');  // Prolific: go back automatically
+    if (visible(link) && !link.dataset.scheduled) {
+      link.dataset.scheduled = '1';
+      let left = Number(link.dataset.redirect || 5);
+      const note = document.getElementById('sf-redirect-note');
+      const tick = setInterval(() => {
+        left -= 1;
+        if (note) note.textContent = '(taking you there in ' + Math.max(left, 0) + ' seconds)';
+        if (left <= 0) { clearInterval(tick); window.location.href = link.href; }
+      }, 1000);
+    }
+  };
+  setInterval(watch, 400);
 }
 """
 
@@ -135,20 +209,26 @@ def fields_html(fields: list[dict[str, str]]) -> str:
 
 def launch_options() -> dict[str, Any]:
     """What `demo.launch` needs besides host/port (Gradio 6 takes css/js there)."""
-    return {"css": CSS, "js": KEYBOARD_JS, "theme": gr.themes.Soft()}
+    return {"css": CSS, "js": KEYBOARD_JS, "theme": gr.themes.Soft()}  # max_file_size: annotation.server.serve
 
 
-def build_app(db_path: str | Path, admin_password: str, *, models_dir: str | Path | None = None,
+def build_app(db_path: str | Path, admin_password: str | None = None, *, models_dir: str | Path | None = None,
               quickstart_predictions: str | Path | None = None, base_url: str = "",
               with_demo: bool = True, banner: Callable[[], str] | None = None) -> gr.Blocks:
     """The whole app. `models_dir` defaults to the backend's ($SPARSEFIT_MODELS_DIR or models/).
+
+    `admin_password` replaces the admin secret stored (hashed) in the database; None keeps the stored one
+    (app.py calls `admin.ensure_admin_secret` first to generate and print one for a new database).
     `with_demo=False` leaves out the Demo tab and its endpoints; `banner` (e.g. the quickstart build's
     progress) is shown at the top and refreshed while it has something to say."""
     models_dir = Path(models_dir) if models_dir else admin.default_models_dir()
     quickstart_predictions = Path(quickstart_predictions or admin.quickstart_predictions())
     store = Store(db_path)
     flow = AnnotatorFlow(store)
-    gate = admin.AdminGate(admin_password)
+    generated = admin.ensure_admin_secret(store, admin_password)
+    if generated:  # only when the caller skipped ensure_admin_secret on a new database
+        print(f"Admin password (generated once, stored hashed in {store.path}): {generated}", flush=True)
+    gate = admin.AdminGate(store)
     with gr.Blocks(title="SparseFit: explanations") as demo:
         if banner is not None:
             _banner(demo, banner)
@@ -179,7 +259,8 @@ def _read_link(request: gr.Request):
     values = [query.get(k, "") for k in ("token", "study", "PROLIFIC_PID", "STUDY_ID", "SESSION_ID", "key")]
     is_annotator = bool(values[0] or values[2])
     # Gradio 6 ignores visibility updates of tabs, so annotators get a style rule hiding the tab bar
-    style = "<style>.tab-wrapper {display: none !important;}</style>" if is_annotator else ""
+    # and Gradio's footer ("Use via API", "Built with Gradio") is no business of theirs
+    style = "<style>.tab-wrapper, footer {display: none !important;}</style>" if is_annotator else ""
     return (*values, gr.Tabs(selected="annotate") if is_annotator else gr.skip(), style)
 
 
@@ -206,7 +287,8 @@ def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":
         with gr.Column(visible=False) as gate_box:
             gate_question = gr.HTML("")
             gate_radio = gr.Radio([], label="Your answer", elem_id="sf-gate")
-            gate_button = gr.Button("Continue (Enter)", variant="primary", elem_id="sf-gate-continue")
+            gate_button = gr.Button("Continue", variant="primary", elem_id="sf-gate-continue")
+            gate_note = note("sf-gate-msg")
         with gr.Column(visible=False) as rate_box:
             answer = gr.HTML("", elem_id="sf-answer")
             question = gr.HTML("")
@@ -214,27 +296,33 @@ def _annotate_tab(flow: AnnotatorFlow) -> "AnnotateTab":
                 with gr.Column(elem_id="sf-block-a"):
                     expl_a = gr.HTML("", elem_id="sf-expl-a")
                     rating_a = gr.Radio([], label="Rating for Explanation A", elem_id="sf-rating-a")
+                    note_a = note("sf-rating-a-msg")
                     short_a = gr.CheckboxGroup([], label="Shortcomings of Explanation A", visible=False,
                                                elem_id="sf-short-a")
                 with gr.Column(elem_id="sf-block-b") as block_b:
                     expl_b = gr.HTML("", elem_id="sf-expl-b")
                     rating_b = gr.Radio([], label="Rating for Explanation B", elem_id="sf-rating-b")
+                    note_b = note("sf-rating-b-msg")
                     short_b = gr.CheckboxGroup([], label="Shortcomings of Explanation B", visible=False,
                                                elem_id="sf-short-b")
             comment = gr.Textbox(label="Comment (optional)", lines=2, max_lines=6, visible=False)
-            submit = gr.Button("Submit (Enter)", variant="primary", elem_id="sf-submit")
+            submit_note = note("sf-submit-msg")  # a refused submit says why right above the button
+            submit = gr.Button("Submit", variant="primary", elem_id="sf-submit")
+    keys_help = gr.HTML("<div class='sf-keys'>Keyboard: <b>1</b>–<b>9</b> choose an option (the first unrated "
+                        "explanation, or the one you clicked), <b>Enter</b> continues / submits.</div>",
+                        padding=False)
     done = gr.HTML("", visible=False, elem_id="sf-done")
 
     screen = [token, assignment, title, progress, message, instructions_box, instructions, entry, item_box,
               inputs, gate_box, gate_question, gate_radio, rate_box, answer, question, expl_a, rating_a, short_a,
-              block_b, expl_b, rating_b, short_b, comment, done]
+              block_b, expl_b, rating_b, short_b, comment, done, gate_note, note_a, note_b, submit_note]
 
     def render(current: dict | None, previous_assignment: str):
         return _render(current or {}, previous_assignment, dict(zip(
             ["token", "assignment", "title", "progress", "message", "instructions_box", "instructions",
              "entry", "item_box", "inputs", "gate_box", "gate_question", "gate_radio", "rate_box", "answer",
              "question", "expl_a", "rating_a", "short_a", "block_b", "expl_b", "rating_b", "short_b", "comment",
-             "done"], screen)))
+             "done", "gate_note", "note_a", "note_b", "submit_note"], screen)))
 
     def start(token_value: str, study_value: str, pid_value: str, prolific_study_value: str,
               session_value: str, key_value: str = "") -> dict:
@@ -300,14 +388,22 @@ def _value_list(text: str | list | None) -> list[str]:
 
 
 def _render(view: dict, previous_assignment: str, c: dict[str, Any]) -> dict:
-    """Turn a view into screen updates. On a rejected submission of the same item, keep the choices."""
+    """Turn a view into screen updates. A refused answer of the same item keeps the choices and puts its
+    message next to the control that caused it (the gate's Continue, or the rating and the Submit button)."""
     stage = view.get("stage", "error")
     is_error = not view.get("ok", False)
     text = view.get("message", "")
-    updates: dict = {c["message"]: gr.HTML(message_html(text, is_error), visible=bool(text))}
     same_item = str(view.get("assignment_id", "")) == str(previous_assignment or "")
+    notes = {c[name]: "" for name in ("gate_note", "note_a", "note_b", "submit_note")}
     if is_error and stage in ("gate", "rate") and same_item:
-        return updates
+        text = text[:1].upper() + text[1:]
+        if stage == "gate":
+            return {**notes, c["gate_note"]: message_html(text, True)}
+        for slot in "ab":  # "choose a rating for Explanation B" also marks B's rating
+            if f"explanation {slot}" in text.lower():
+                notes[c[f"note_{slot}"]] = message_html(text, True)
+        return {**notes, c["submit_note"]: message_html(text, True), c["message"]: gr.HTML(visible=False)}
+    updates: dict = {**notes, c["message"]: gr.HTML(message_html(text, is_error), visible=bool(text))}
     progress = view.get("progress", {})
     updates.update({
         c["token"]: view.get("token", gr.skip()) if view.get("token") else gr.skip(),
@@ -316,18 +412,20 @@ def _render(view: dict, previous_assignment: str, c: dict[str, Any]) -> dict:
         c["progress"]: esc(progress.get("text", "")),
         c["instructions_box"]: gr.Accordion(visible=stage != "error" or bool(view.get("instructions_md")),
                                             open=progress.get("done", 0) == 0),
-        c["instructions"]: view.get("instructions_md", ""),
-        c["entry"]: gr.Column(visible=stage == "error" and not view.get("token")),
+        c["instructions"]: without_keyboard_help(view.get("instructions_md", "")),
+        c["entry"]: gr.Column(visible=stage == "error" and not view.get("token") and text != STUDY_CLOSED),
         c["item_box"]: gr.Column(visible=stage in ("gate", "rate")),
         c["gate_box"]: gr.Column(visible=stage == "gate"),
         c["rate_box"]: gr.Column(visible=stage == "rate"),
         c["done"]: gr.HTML(_done_html(view), visible=stage == "done"),
     })
     if stage in ("gate", "rate"):
-        updates[c["inputs"]] = fields_html(view.get("inputs", []))
+        updates[c["inputs"]] = (fields_html(view.get("inputs", [])) +  # the draft script keys on this id
+                                f"<span hidden id='sf-assignment-id' data-id='{esc(view.get('assignment_id', ''))}'>"
+                                "</span>")
     if stage == "gate":
         gate = view["gate"]
-        choices = [(f"{gate['option_text'].get(o, o)}  ({i})", o) for i, o in enumerate(gate["options"], 1)]
+        choices = [(gate["option_text"].get(o, o), o) for o in gate["options"]]  # key numbers come from CSS
         updates.update({c["gate_question"]: f"<div class='sf-answer'><b>{esc(gate['question'])}</b></div>",
                         c["gate_radio"]: gr.Radio(choices=choices, value=None)})
     if stage == "rate":
@@ -335,9 +433,14 @@ def _render(view: dict, previous_assignment: str, c: dict[str, Any]) -> dict:
     return updates
 
 
+def without_keyboard_help(markdown: str) -> str:
+    """The preset's "**Keyboard:** ..." paragraph goes: the page shows its own, at desktop width only."""
+    return "\n\n".join(part for part in markdown.split("\n\n") if not part.lstrip().startswith("**Keyboard"))
+
+
 def _rate_updates(view: dict, c: dict[str, Any]) -> dict:
     explanations = view["explanations"]
-    scale = [(f"{p['label']}  ({p['key'] or i})", p["value"]) for i, p in enumerate(view["scale"], 1)]
+    scale = [(p["label"], p["value"]) for p in view["scale"]]  # key numbers come from CSS (desktop only)
     shortcomings = [(s["label"], s["value"]) for s in view["shortcomings"]]
     answer = view.get("answer", "")
     answer_text = view.get("answer_text") or answer
@@ -369,8 +472,10 @@ def _done_html(view: dict) -> str:
     if view.get("completion_code"):
         parts.append(f"<p>Your completion code:</p><p class='sf-code' id='sf-completion-code'>"
                      f"{esc(view['completion_code'])}</p>")
-    if view.get("completion_url"):
-        parts.append(f"<p><a href='{esc(view['completion_url'])}'>Return to Prolific to finish</a></p>")
+    if view.get("completion_url"):  # the page script follows this link after REDIRECT_SECONDS
+        parts.append(f"<p><a id='sf-completion-link' data-redirect='{REDIRECT_SECONDS}' "
+                     f"href='{esc(view['completion_url'])}'>Return to Prolific to finish</a> "
+                     f"<span id='sf-redirect-note'>(taking you there in {REDIRECT_SECONDS} seconds)</span></p>")
     return "".join(parts)
 
 
@@ -386,134 +491,226 @@ def _base_url(request: gr.Request | None, configured: str) -> str:
     return f"{scheme}://{host}"
 
 
-def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path, base_url: str) -> gr.Textbox:
-    with gr.Row():
-        password = gr.Textbox(label="Admin password", type="password", scale=3, elem_id="sf-admin-password")
-        sign_in = gr.Button("Sign in / refresh", scale=1, elem_id="sf-admin-sign-in")
-    status = gr.HTML("", elem_id="sf-admin-status")
-    study_choice = gr.Dropdown([], label="Study", allow_custom_value=True, interactive=True)
-    with gr.Accordion("Create a study", open=False):
-        with gr.Row():
-            upload = gr.File(label="Predictions file (.jsonl)", file_types=[".jsonl"], type="filepath")
-            path_box = gr.Textbox(label="…or its path on the server", placeholder="models/runs/x/predictions.jsonl",
-                                  elem_id="sf-admin-path")
-        with gr.Row():
-            preset = gr.Dropdown(list_presets() + [CUSTOM_PRESET], value="feb", label="Protocol preset")
-            preset_file = gr.File(label="Custom preset (.json)", file_types=[".json"], type="filepath")
-            name = gr.Textbox(label="Study name (optional)")
-        with gr.Row():
-            items_per_page = gr.Number(10, label="Items per annotator page", precision=0, minimum=1)
-            per_item = gr.Number(3, label="Annotators per item", precision=0, minimum=1)
-            per_label = gr.Number(2, label="Items per label (0 = all)", precision=0, minimum=0)
-            seed = gr.Number(0, label="Seed", precision=0)
-            abandon = gr.Number(30, label="Abandon after (minutes)", precision=0, minimum=1)
-            only_correct = gr.Checkbox(True, label="Only correctly predicted items")
-        create = gr.Button("Create study", variant="primary", elem_id="sf-admin-create")
-    with gr.Accordion("Annotator links", open=False):
-        with gr.Row():
-            count = gr.Number(3, label="How many new annotators", precision=0, minimum=1)
-            base_box = gr.Textbox(value=base_url, label="Base URL (empty = this server)")
-            add = gr.Button("Add annotators", elem_id="sf-admin-add")
-        links = gr.Textbox(label="Links (one per annotator; send each person their own)", lines=4,
-                           interactive=False, buttons=["copy"], elem_id="sf-admin-links")
-        prolific = gr.Textbox(label="Prolific study URL (Prolific fills in the placeholders)", interactive=False,
-                              buttons=["copy"])
-    with gr.Accordion("Progress", open=True):
-        summary = gr.JSON(label="Study")
-        per_annotator = gr.Dataframe(label="Per annotator", interactive=False)
-    with gr.Accordion("Export", open=False):
-        with gr.Row():
-            fmt = gr.Radio(["csv", "jsonl", "parquet"], value="csv", label="Format")
-            export_button = gr.Button("Export")
-        export_file = gr.File(label="Download", interactive=False)
-    with gr.Accordion("Quickstart study", open=False):
-        gr.Markdown("Build the quickstart predictions with the default model (takes minutes) and create "
-                    "the demo study from them.")
-        build = gr.Button("Build quickstart predictions")
+def _client(request: gr.Request | None) -> str:
+    """The address a lock-out applies to (the proxy's X-Forwarded-For first hop when behind one)."""
+    if request is None:
+        return ""
+    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
+    return forwarded or (request.client.host if request.client else "")
 
-    def guarded(action):
-        """Run an admin action: wrong password or bad input → a message, never a traceback."""
-        def run(secret, *args):
+
+def error_text(err: AnnotationError) -> str:
+    """What a person reads: the reason, plus file and line when the problem sits in a file."""
+    return str(err) if err.path else err.reason[:1].upper() + err.reason[1:]
+
+
+def note(elem_id: str) -> gr.HTML:
+    """A message box placed right under the control whose event writes to it."""
+    return gr.HTML("", elem_id=elem_id, padding=False)
+
+
+def overview_html(study: dict[str, Any], progress: dict[str, Any]) -> str:
+    """The chosen study at a glance: status, settings and two progress bars."""
+    def bar(label: str, done: int, total: int) -> str:
+        share = f"{done / total:.0%}" if total else "-"
+        return (f"<div class='sf-bar'><span>{esc(label)}</span><progress value='{done}' max='{max(total, 1)}'>"
+                f"</progress><span>{done} / {total} ({share})</span></div>")
+    status = study.get("status") or "open"
+    return (f"<div class='sf-overview'><div><span class='sf-badge sf-{esc(status)}'>{esc(status)}</span> "
+            f"<b>{esc(study['name'])}</b> <code>{esc(study['id'])}</code> · preset {esc(study['preset'])} · "
+            f"{study['items_per_page']} items per annotator · {study['annotators_per_item']} annotators per "
+            f"item · created {esc(study['created_at'][:16].replace('T', ' '))} UTC</div>"
+            + bar("Items complete", progress["items_complete"], progress["items"])
+            + bar("Ratings submitted", progress["annotations_submitted"], progress["annotations_needed"])
+            + f"<div>{progress['annotators']} annotators · {progress['ratings']} explanation ratings</div></div>")
+
+
+def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path, base_url: str) -> gr.Textbox:
+    with gr.Row(equal_height=True):
+        password = gr.Textbox(label="Admin password", type="password", scale=3, elem_id="sf-admin-password",
+                              info="Printed once at the first start; change it below once signed in.")
+        sign_in = gr.Button("Sign in", scale=1, variant="primary", elem_id="sf-admin-sign-in")
+    sign_in_note = note("sf-admin-sign-in-msg")
+    with gr.Column(visible=False, elem_id="sf-admin-area") as area:
+        with gr.Row(equal_height=True):
+            study_choice = gr.Dropdown([], label="Study", interactive=True, scale=3, elem_id="sf-admin-study")
+            refresh_button = gr.Button("Refresh", scale=1, elem_id="sf-admin-refresh")
+        overview = gr.HTML("", elem_id="sf-admin-overview")
+        with gr.Accordion("Progress per annotator", open=True, elem_id="sf-admin-progress-panel"):
+            per_annotator = gr.Dataframe(pd.DataFrame(columns=admin.ANNOTATOR_COLUMNS), interactive=False,
+                                         elem_id="sf-admin-annotators")
+        with gr.Accordion("Create a study", open=False, elem_id="sf-admin-create-panel"):
+            with gr.Row():
+                upload = gr.File(label="Predictions file (.jsonl)", file_types=[".jsonl"], type="filepath")
+                path_box = gr.Textbox(label="…or its path on the server", elem_id="sf-admin-path",
+                                      placeholder="models/runs/x/predictions.jsonl")
+            with gr.Row():
+                preset = gr.Dropdown(list_presets() + [CUSTOM_PRESET], value="feb", label="Protocol preset")
+                preset_file = gr.File(label="Custom preset (.json)", file_types=[".json"], type="filepath")
+            with gr.Row():
+                items_per_page = gr.Number(10, label="Items per annotator", precision=0, minimum=1)
+                per_item = gr.Number(3, label="Annotators per item", precision=0, minimum=1)
+                per_label = gr.Number(2, label="Items per label (0 = all)", precision=0, minimum=0)
+                seed = gr.Number(0, label="Seed", precision=0)
+                abandon = gr.Number(30, label="Abandon after (minutes)", precision=0, minimum=1)
+            only_correct = gr.Checkbox(True, label="Only correctly predicted items")
+            name = gr.Textbox(label="Study name (optional; must be new)", elem_id="sf-admin-name", max_lines=1)
+            create = gr.Button("Create study", variant="primary", elem_id="sf-admin-create")
+            create_note = note("sf-admin-create-msg")
+        with gr.Accordion("Annotator links", open=False, elem_id="sf-admin-links-panel"):
+            with gr.Row(equal_height=True):
+                count = gr.Number(3, label="How many new annotators", precision=0, minimum=1)
+                base_box = gr.Textbox(value=base_url, label="Base URL (empty = this server)")
+            add = gr.Button("Add annotators", elem_id="sf-admin-add")
+            add_note = note("sf-admin-add-msg")
+            links = gr.Textbox(label="Links (one per annotator; send each person their own)", lines=4,
+                               interactive=False, buttons=["copy"], elem_id="sf-admin-links")
+            prolific = gr.Textbox(label="Prolific study URL (Prolific fills in the placeholders)",
+                                  interactive=False, buttons=["copy"], elem_id="sf-admin-prolific")
+        with gr.Accordion("Export", open=False, elem_id="sf-admin-export-panel"):
+            fmt = gr.Radio(["csv", "jsonl", "parquet"], value="csv", label="Format")
+            export_button = gr.Button("Export", elem_id="sf-admin-export")
+            export_note = note("sf-admin-export-msg")
+            export_file = gr.File(label="Download", interactive=False)
+        with gr.Accordion("Study status: close, reopen, archive, delete", open=False,
+                          elem_id="sf-admin-lifecycle-panel"):
+            gr.Markdown("A **closed** study gives annotators no new items (those who finished still see "
+                        "their code). **Archived** = closed and listed last. A study can be **deleted** only "
+                        "while it has no ratings.")
+            with gr.Row():
+                close_button = gr.Button("Close", elem_id="sf-admin-close")
+                reopen_button = gr.Button("Reopen", elem_id="sf-admin-reopen")
+                archive_button = gr.Button("Archive", elem_id="sf-admin-archive")
+            confirm = gr.Textbox(label="To delete, type the study id", max_lines=1, elem_id="sf-admin-confirm")
+            delete_button = gr.Button("Delete study", variant="stop", elem_id="sf-admin-delete")
+            lifecycle_note = note("sf-admin-lifecycle-msg")
+        with gr.Accordion("Admin password", open=False, elem_id="sf-admin-password-panel"):
+            with gr.Row():
+                new_password = gr.Textbox(label="New password", type="password", elem_id="sf-admin-new")
+                repeat_password = gr.Textbox(label="New password again", type="password",
+                                             elem_id="sf-admin-repeat")
+            change_button = gr.Button("Change password", elem_id="sf-admin-change")
+            password_note = note("sf-admin-change-msg")
+        with gr.Accordion("Quickstart study", open=False, elem_id="sf-admin-quickstart-panel"):
+            gr.Markdown("Build the quickstart predictions with the default model (takes minutes) and create "
+                        "the demo study from them.")
+            build = gr.Button("Build quickstart predictions", elem_id="sf-admin-build")
+            build_note = note("sf-admin-build-msg")
+
+    def refresh(study_id: str | None) -> dict:
+        studies = admin.study_rows(store)
+        studies.sort(key=lambda s: s["status"] == "archived")  # archived ones last, else by creation
+        ids = [s["id"] for s in studies]
+        chosen = study_id if study_id in ids else next((s["id"] for s in reversed(studies)
+                                                        if s["status"] != "archived"), ids[-1] if ids else None)
+        updates = {area: gr.Column(visible=True),
+                   study_choice: gr.Dropdown(choices=[(f"{s['id']} · {s['status']} · {s['items']} items · "
+                                                       f"{s['ratings']} ratings", s["id"]) for s in studies],
+                                             value=chosen),
+                   overview: ("<div class='sf-overview'>No studies yet: create one below.</div>" if chosen is None
+                              else overview_html(store.study(chosen), store.study_progress(chosen))),
+                   per_annotator: pd.DataFrame(admin.progress_rows(store, chosen)[1] if chosen else [],
+                                               columns=admin.ANNOTATOR_COLUMNS)}
+        return updates
+
+    def event(action: Callable, box: gr.HTML) -> Callable:
+        """An admin event: check the password (with lock-out), run, and put any error under its control."""
+        def run(request: gr.Request, secret: str, *args):
             try:
-                gate.require(secret)
-                return action(*args)
+                gate.require(secret, _client(request))
+                return action(request, *args)
             except AnnotationError as err:
-                return _admin_error(str(err))
+                return {box: message_html(error_text(err), error=True)}
         return run
 
-    # Gradio injects gr.Request / gr.Progress by signature, so these two get explicit event functions
-    def add_annotators_event(secret, study_id, how_many, base, request: gr.Request):
-        return guarded(add_annotators)(secret, study_id, how_many, base, request)
+    def signed_in(request, study_id):
+        return {**refresh(study_id), sign_in_note: message_html(f"Signed in. Database: {store.path}")}
 
-    def build_quickstart_event(secret, progress=gr.Progress()):
-        return guarded(build_quickstart)(secret, progress)
-
-    def refresh(study_id: str):
-        studies = store.studies()
-        ids = [s["id"] for s in studies]
-        chosen = study_id if study_id in ids else (ids[-1] if ids else None)
-        table, rows = ({}, []) if chosen is None else admin.progress_rows(store, chosen)
-        return {status: message_html(f"{len(ids)} studies in {store.path}."),
-                study_choice: gr.Dropdown(choices=[(f"{s['id']} ({s['items']} items, {s['preset']})", s["id"])
-                                                   for s in studies], value=chosen),
-                summary: table, per_annotator: rows or None}
-
-    def create_study(uploaded, typed_path, preset_name, preset_upload, study_name, page, per, label_n, seed_n,
-                     minutes, correct_only):
+    def create_study(request, uploaded, typed_path, preset_name, preset_upload, study_name, page, per, label_n,
+                     seed_n, minutes, correct_only):
         source = uploaded or (typed_path or "").strip()
         if not source:
-            raise AnnotationError("upload a predictions file or give its path", field="predictions")
+            raise AnnotationError("upload a predictions file or give its path on the server", field="predictions")
         chosen_preset = preset_name
         if preset_name == CUSTOM_PRESET:
             if not preset_upload:
                 raise AnnotationError("upload the custom preset file (.json)", field="preset")
             chosen_preset = preset_upload
+        admin.check_new_study_name(store, study_name)
         study_id = store.create_study(source, StudySettings(
-            preset=chosen_preset, items_per_page=int(page), annotators_per_item=int(per),
-            only_correct=bool(correct_only), per_label=int(label_n), seed=int(seed_n or 0),
-            name=(study_name or "").strip() or None, abandon_minutes=int(minutes)))
-        updates = refresh(study_id)
-        updates[status] = message_html(f"Created study {study_id} with "
-                                       f"{store.study_progress(study_id)['items']} items.")
-        return updates
+            preset=chosen_preset, items_per_page=int(page or 0), annotators_per_item=int(per or 0),
+            only_correct=bool(correct_only), per_label=int(label_n or 0), seed=int(seed_n or 0),
+            name=(study_name or "").strip() or None, abandon_minutes=int(minutes or 0)))
+        return {**refresh(study_id), create_note: message_html(
+            f"Created study {study_id} with {store.study_progress(study_id)['items']} items. "
+            "Add annotators under “Annotator links”.")}
 
-    def add_annotators(study_id, how_many, base, request):
+    def add_annotators(request, study_id, how_many, base):
         made = store.add_annotators(_need_study(study_id), int(how_many or 0))
         root = _base_url(request, base or "")
-        updates = refresh(study_id)
-        updates.update({links: "\n".join(admin.annotator_link(root, a.token) for a in made),
-                        prolific: admin.prolific_link(root, study_id, store.study(study_id)["entry_key"]),
-                        status: message_html(f"Added {len(made)} annotators to {study_id}.")})
-        return updates
+        return {**refresh(study_id), links: "\n".join(admin.annotator_link(root, a.token) for a in made),
+                prolific: admin.prolific_link(root, study_id, store.study(study_id)["entry_key"]),
+                add_note: message_html(f"Added {len(made)} annotators to {study_id}.")}
 
-    def export_study(study_id, chosen_format):
+    def export_study(request, study_id, chosen_format):
         out = Path(tempfile.mkdtemp(prefix="sparsefit-export-")) / f"{_need_study(study_id)}.{chosen_format}"
         path = admin.export(store.path, study_id, chosen_format, out)
-        return {export_file: str(path), status: message_html(f"Exported {study_id} as {chosen_format}.")}
+        return {export_file: str(path), export_note: message_html(f"Exported {study_id} as {chosen_format}.")}
 
-    def build_quickstart(progress):
-        study_id = admin.build_quickstart(store, progress=lambda fraction, text: progress(fraction, desc=text))
-        updates = refresh(study_id)
-        updates[status] = message_html(f"Quickstart study {study_id} is ready.")
-        return updates
+    def set_status(status: str, verb: str) -> Callable:
+        def action(request, study_id):
+            store.set_study_status(_need_study(study_id), status)
+            return {**refresh(study_id), lifecycle_note: message_html(f"Study {study_id} {verb}.")}
+        return action
 
-    def _admin_error(text: str) -> dict:
-        return {status: message_html(text, error=True)}
+    def delete_study(request, study_id, typed):
+        study_id = _need_study(study_id)
+        if (typed or "").strip() != study_id:
+            raise AnnotationError(f"type the study id ({study_id}) in the box above to confirm", field="confirm")
+        store.delete_study(study_id)
+        return {**refresh(None), confirm: "", lifecycle_note: message_html(f"Deleted study {study_id}.")}
 
-    outputs = {status, study_choice, summary, per_annotator, links, prolific, export_file}
-    sign_in.click(guarded(refresh), [password, study_choice], outputs, **PRIVATE)
-    study_choice.input(guarded(refresh), [password, study_choice], outputs, **PRIVATE)
-    create.click(guarded(create_study), [password, upload, path_box, preset, preset_file, name, items_per_page,
-                                         per_item, per_label, seed, abandon, only_correct], outputs, **PRIVATE)
-    add.click(add_annotators_event, [password, study_choice, count, base_box], outputs, **PRIVATE)
-    export_button.click(guarded(export_study), [password, study_choice, fmt], outputs, **PRIVATE)
+    def change_password(request, current, new, repeated):
+        gate.change(current, new, repeated, _client(request))
+        return {password: "", new_password: "", repeat_password: "",
+                password_note: message_html("Password changed: sign in with the new one from now on.")}
+
+    def build_quickstart_event(request: gr.Request, secret: str, progress=gr.Progress()):
+        try:
+            gate.require(secret, _client(request))
+            study_id = admin.build_quickstart(store, progress=lambda fraction, text: progress(fraction, desc=text))
+        except AnnotationError as err:
+            return {build_note: message_html(error_text(err), error=True)}
+        return {**refresh(study_id), build_note: message_html(f"Quickstart study {study_id} is ready.")}
+
+    outputs = {area, study_choice, overview, per_annotator, links, prolific, export_file, confirm, password,
+               new_password, repeat_password, sign_in_note, create_note, add_note, export_note, lifecycle_note,
+               password_note, build_note}
+    sign_in.click(event(signed_in, sign_in_note), [password, study_choice], outputs, **PRIVATE)
+    password.submit(event(signed_in, sign_in_note), [password, study_choice], outputs, **PRIVATE)
+    refresh_button.click(event(lambda request, study_id: refresh(study_id), sign_in_note),
+                         [password, study_choice], outputs, **PRIVATE)
+    study_choice.input(event(lambda request, study_id: refresh(study_id), sign_in_note),
+                       [password, study_choice], outputs, **PRIVATE)
+    create.click(event(create_study, create_note), [password, upload, path_box, preset, preset_file, name,
+                                                    items_per_page, per_item, per_label, seed, abandon,
+                                                    only_correct], outputs, **PRIVATE)
+    add.click(event(add_annotators, add_note), [password, study_choice, count, base_box], outputs, **PRIVATE)
+    export_button.click(event(export_study, export_note), [password, study_choice, fmt], outputs, **PRIVATE)
+    for button, status, verb in ((close_button, "closed", "closed: annotators get no new items"),
+                                 (reopen_button, "open", "reopened"),
+                                 (archive_button, "archived", "archived")):
+        button.click(event(set_status(status, verb), lifecycle_note), [password, study_choice], outputs, **PRIVATE)
+    delete_button.click(event(delete_study, lifecycle_note), [password, study_choice, confirm], outputs, **PRIVATE)
+    change_button.click(event(change_password, password_note), [password, password, new_password,
+                                                                repeat_password], outputs, **PRIVATE)
     build.click(build_quickstart_event, [password], outputs, **PRIVATE)
     return password
 
 
 def _need_study(study_id: str | None) -> str:
     if not study_id:
-        raise AnnotationError("choose a study first (sign in, then pick one)", field="study")
+        raise AnnotationError("choose a study first (the Study menu at the top)", field="study")
     return study_id
 
 
@@ -522,7 +719,8 @@ def _need_study(study_id: str | None) -> str:
 
 def _results_tab(db_path: str, gate: admin.AdminGate, password: gr.Textbox) -> None:
     from annotation.results_ui import build_results_tab
-    build_results_tab(db_path, gate.ok, password)
+    build_results_tab(db_path, gate.ok, password,
+                      require_admin=lambda secret, request: gate.require(secret, _client(request)))
 
 
 # ------------------------------------------------------------------------ demo
@@ -572,6 +770,15 @@ def _field_label(name: str) -> str:
     return f"Choice {name}" if len(name) == 1 else field_title(name)
 
 
+def base_model_hint(model_name: str | None) -> str:
+    """Base models were never taught to answer `<label> because <explanation>`: say so before anyone tries."""
+    if model_name not in BUILTIN_MODELS:
+        return ""
+    return (f"⚠️ **{model_name} is a base model, not fine-tuned:** expect an empty label or “UNK” and a "
+            "loose explanation. Pick a run from `models/runs` in the menu, or build the quickstart run "
+            "(Admin → Quickstart study, or `python app.py --build-quickstart`).")
+
+
 def _demo_tab(models_dir: Path, worker) -> None:
     gr.Markdown("Type an input and see the model's predicted label and explanation. The first use loads the "
                 "model (about a minute for the default).")
@@ -583,6 +790,7 @@ def _demo_tab(models_dir: Path, worker) -> None:
                             value=quickstart or "default", label="Model", allow_custom_value=False)
         dataset = gr.Dropdown(DEMO_DATASETS, value="esnli", label="Task")
         load = gr.Button("Load model")
+    base_hint = gr.Markdown(base_model_hint(model.value), elem_id="sf-demo-hint")
     load_status = gr.Markdown("")
     fields = [gr.Textbox(label=_field_label(name), visible=True, lines=2) for name in INPUT_FIELDS["esnli"]]
     fields += [gr.Textbox(visible=False, lines=1) for _ in range(DEMO_MAX_FIELDS - len(fields))]
@@ -625,6 +833,7 @@ def _demo_tab(models_dir: Path, worker) -> None:
         return result["label"], result["explanation"], result.get("prompt", ""), result.get("raw_generation", "")
 
     dataset.change(show_fields, [model, dataset], fields, **PRIVATE)
+    model.change(base_model_hint, model, base_hint, **PRIVATE)
     load.click(load_model, model, load_status, api_name="demo_load_model") \
         .then(show_fields, [model, dataset], fields, **PRIVATE)
     predict.click(run, [model, dataset, *fields], [label, explanation, prompt, raw], api_name="demo_predict")

@@ -99,7 +99,7 @@ def test_resume_and_token_isolation(app):
     view = first_tab.predict(alice.token, "", "", "", "", api_name="/annotator_start")
     second_tab = client(app)  # closing the tab and opening the link again = a new session
     again = second_tab.predict(alice.token, "", "", "", "", api_name="/annotator_start")
-    assert again["assignment_id"] == view["assignment_id"] and again["progress"]["text"] == "Item 1 of 10"
+    assert again["assignment_id"] == view["assignment_id"] and again["progress"]["text"] == "Item 1 of 3"
     stolen = second_tab.predict(bob.token, str(view["assignment_id"]), gold_of(store, view),
                                 api_name="/annotator_answer_gate")
     assert stolen["ok"] is False and "not assigned to your link" in stolen["message"]
@@ -109,7 +109,7 @@ def test_resume_and_token_isolation(app):
     assert forged["stage"] == "error" and "not valid" in forged["message"]
     assert store.db["ratings"].count_where("study_id = ?", [study]) == 0
     after = complete_item(second_tab, store, alice.token, again)
-    assert after["progress"]["text"] == "Item 2 of 10"
+    assert after["progress"]["text"] == "Item 2 of 3"
     assert store.db["ratings"].count_where("study_id = ? AND annotator_id = ?", [study, alice.id]) == 2
 
 
