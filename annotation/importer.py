@@ -24,8 +24,8 @@ why) and nothing is written. Otherwise everything is written in one transaction:
 `source="import"` and id `import:<study>:<name>` (no token, so they cannot log in; a name that already
 reads `import:<other study>:<name>`, as in an export, keeps only `<name>`), each new item x annotator pair
 gets a submitted assignment with its gate answer and seconds (so the app counts it towards
-`annotators_per_item`), ratings get `origin="import:<file name>"`. A rating that already exists (same item, annotator, question) is an
-error, so importing a file twice does nothing the second time.
+`annotators_per_item`), ratings get `origin="import:<file name>"`. A rating that already exists (same item,
+annotator, question) is an error, so importing a file twice does nothing the second time.
 """
 
 from __future__ import annotations
