@@ -452,8 +452,9 @@ def agreement_warnings(rows: list[dict[str, Any]]) -> list[str]:
                 and r["raters_per_item_for_kappa"]]
         for row in (r for r in mine if r["scope_kind"] == "all"):
             counts = ", ".join(map(str, row["rater_counts_dropped"]))
-            out.append(f"agreement [{question}] all items: the kappas use the {row['items'] - row['items_dropped_for_kappa']}"
-                       f" items with {row['raters_per_item_for_kappa']} raters and leave out "
+            used = row["items"] - row["items_dropped_for_kappa"]
+            out.append(f"agreement [{question}] all items: the kappas use the {used} items with "
+                       f"{row['raters_per_item_for_kappa']} raters and leave out "
                        f"{row['items_dropped_for_kappa']} item(s) with {counts} rater(s); Krippendorff's alpha "
                        "uses every item with 2 or more")
         others = [r for r in mine if r["scope_kind"] != "all"]

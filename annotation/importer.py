@@ -24,8 +24,8 @@ why) and nothing is written. Otherwise everything is written in one transaction:
 `source="import"` and id `import:<study>:<name>` (no token, so they cannot log in; a name that already
 reads `import:<other study>:<name>`, as in an export, keeps only `<name>`), each new item x annotator pair
 gets a submitted assignment with its gate answer and seconds (so the app counts it towards
-`annotators_per_item`), ratings get `origin="import:<file name>"`. A rating that already exists (same item, annotator, question) is an
-error, so importing a file twice does nothing the second time.
+`annotators_per_item`), ratings get `origin="import:<file name>"`. A rating that already exists (same item,
+annotator, question) is an error, so importing a file twice does nothing the second time.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from annotation.errors import AnnotationError
 from annotation.schema import SUBMITTED, open_db
@@ -122,10 +123,8 @@ def import_ratings(db_path: str | Path, study_id: str, csv_path: str | Path) -> 
     if not db_file.is_file():  # never create an empty database for a mistyped --db
         raise AnnotationError("study database not found (check --db)" if not db_file.exists() else
                               "is a directory, not a study database file (check --db)", path=str(db_file))
-    try:
-        db = open_db(db_path)
-    except sqlite3.DatabaseError as err:
-        raise AnnotationError(f"not a SQLite database ({err})", path=str(db_file)) from err
+    _check_study_database(db_file)
+    db = open_db(db_path)
     conn = db.conn
     conn.execute("BEGIN IMMEDIATE")  # hold the write lock from validation to commit: no race on duplicates
     try:
@@ -144,6 +143,19 @@ def import_ratings(db_path: str | Path, study_id: str, csv_path: str | Path) -> 
     finally:
         conn.close()
     return ImportSummary(str(csv_path), f"import:{csv_path.name}", len(rows), *summary)
+
+
+def _check_study_database(path: Path) -> None:
+    """Refuse a file that is not SQLite or has no study tables (open_db would add them to any SQLite file)."""
+    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise AnnotationError(f"not a SQLite database ({err})", path=str(path)) from err
+    finally:
+        conn.close()
+    if "studies" not in tables:
+        raise AnnotationError("not a study database (no studies table); create the study first", path=str(path))
 
 
 # ---------------------------------------------------------------- reading

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import re
+import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
@@ -648,12 +649,20 @@ def test_cli_errors_are_one_line_and_create_nothing(tmp_path):
     missing = tmp_path / "typo.db"
     not_sqlite = tmp_path / "notes.db"
     not_sqlite.write_text("this is not a database\n")
+    other_sqlite = tmp_path / "other.sqlite"
+    sqlite3.connect(other_sqlite).execute("CREATE TABLE notes (text TEXT)").connection.commit()
+    csv_file = tmp_path / "r.csv"
+    csv_file.write_text("item,annotator,rating\ns1-0-1,W1,yes\n")
     cases = [
         (["analyze", "--db", str(missing), "--study", "s1"], "not found"),
         (["export", "--db", str(missing), "--study", "s1", "--format", "csv", "--out", str(tmp_path / "o.csv")],
          "not found"),
         (["import-ratings", "--db", str(missing), "--study", "s1", "--file", str(tmp_path)], "directory"),
         (["analyze", "--db", str(not_sqlite), "--study", "s1"], "not a SQLite database"),
+        (["import-ratings", "--db", str(not_sqlite), "--study", "s1", "--file", str(csv_file)],
+         "not a SQLite database"),
+        (["import-ratings", "--db", str(other_sqlite), "--study", "s1", "--file", str(csv_file)],
+         "not a study database"),
         (["analyze", "--db", str(tmp_path), "--study", "s1"], "directory"),
         (["import-ratings", "--db", str(builder.db_path), "--study", "s1", "--file", str(tmp_path)], "directory"),
         (["analyze", "--db", str(builder.db_path), "--study", "s1", "--bootstrap", "1"], "at least 100"),
@@ -664,5 +673,6 @@ def test_cli_errors_are_one_line_and_create_nothing(tmp_path):
         assert expected in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not missing.exists() and not (tmp_path / "o.csv").exists()
+    assert [r[0] for r in sqlite3.connect(other_sqlite).execute("SELECT name FROM sqlite_master")] == ["notes"]
     table = _run_cli("analyze", "--db", str(builder.db_path), "--study", "s1", "--table", "markdown")
     assert table.returncode == 0 and table.stdout.startswith("| dataset |")
