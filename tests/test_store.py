@@ -151,7 +151,7 @@ def test_gate_block_policy_and_hidden_gold(tmp_path, predictions):
     assert "ends here" in after["message"] and after["assignment_id"] != view["assignment_id"]
     row = store.db["assignments"].get(view["assignment_id"])
     assert row["status"] == "gate_failed" and row["gate_correct"] == 0 and store.db["ratings"].count == 0
-    assert after["progress"]["text"] == "Item 2 of 2"
+    assert after["progress"]["text"] == "Item 2 of 2 (1 ended at the question)"  # not counted as rated
 
 
 def test_token_isolation(tmp_path, predictions):
