@@ -21,13 +21,15 @@ from sparsefit.train import causal_prompt_ids
 CPU_EVAL_BATCH = 32  # CPU throughput kept rising up to 32 (bench/bench_backend.py)
 CUDA_EVAL_BATCH = 128  # a GPU is far from busy at 32 rows of a 270M-770M model
 
-# generation-config settings that would add a logits processor to HF greedy decoding, with their no-op values
+# generation-config settings that would add a logits processor or stopping rule to HF greedy decoding, with
+# their no-op values
 _PROCESSOR_DEFAULTS = {
     "repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0),
     "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "min_length": (None, 0),
     "min_new_tokens": (None, 0), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
     "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "sequence_bias": (None,),
     "exponential_decay_length_penalty": (None,), "guidance_scale": (None, 1.0), "watermarking_config": (None,),
+    "stop_strings": (None,), "max_time": (None,),
 }
 
 
