@@ -121,8 +121,13 @@ def episode_dir(out_root: Path, variant: Variant, seed: int) -> Path:
     return Path(out_root) / folder_name(variant.label) / f"seed-{seed}"
 
 
+# Where and how fast an episode ran, not what it is: a finished episode stays valid when these differ (a run
+# resumed on a GPU, with --compile, or from folders written before these settings existed).
+PLACEMENT_SETTINGS = ("name", "device", "compile", "eval_batch_size")
+
+
 def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config_dict.items() if k != "name"}
+    return {k: v for k, v in config_dict.items() if k not in PLACEMENT_SETTINGS}
 
 
 def finished_result(folder: Path, config: Any) -> dict[str, Any] | None:
