@@ -100,7 +100,8 @@ class AnnotatorFlow:
                 "progress": {"done": progress.done, "total": progress.quota}}
         if assignment is None:
             return {**base, **self._done_view(annotator, study, progress)}
-        base["progress"]["text"] = progress_text(progress, self.store.items_within_reach(annotator))
+        base["progress"]["text"] = progress_text(
+            progress, self.store.items_within_reach(annotator, limit=progress.quota - progress.done))
         return {**base, **self._item_view(assignment, protocol)}
 
     def _done_view(self, annotator: Annotator, study: dict, progress) -> dict[str, Any]:

@@ -268,7 +268,7 @@ def stepping_clock(steps: list[float]):
 def rated_study(db_path: Path, predictions: Path, preset: Path) -> str:
     from annotation.store import RatingInput, StudySettings, Store
 
-    store = Store(db_path, clock=stepping_clock([0.5, 3, 1, 7, 2, 11, 0.25, 5]))
+    store = Store(db_path, clock=stepping_clock([0.5, 3, 1, 7, 2, 11, 0.25]))  # item times vary: some too fast
     study_id = store.create_study(predictions, StudySettings(preset=str(preset), items_per_page=18,
                                                              annotators_per_item=3, only_correct=False,
                                                              per_label=0, seed=5))

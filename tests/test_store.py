@@ -234,7 +234,7 @@ def test_preset_without_gate_rates_only_the_model_explanation(tmp_path, predicti
     record = json.loads(store.item(store.db["assignments"].get(view["assignment_id"])["item_id"])["record_json"])
     assert view["explanations"][0]["text"] == record["pred_explanation"]
     after = flow.submit(token, view["assignment_id"], "weak_no")
-    assert after["ok"] and after["progress"]["text"] == "Item 2 of 10"
+    assert after["ok"] and after["progress"]["text"] == "Item 2 of 3"  # the study has 3 items, not a page of 10
     assert [(r["question"], r["score"]) for r in store.db["ratings"].rows] == [("model", 1 / 3)]
 
 
@@ -375,7 +375,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path, predictions):
     assert migrated.study(study)["entry_key"]
     held = migrated.db.execute("SELECT count(*) FROM assignments WHERE status IN ('assigned', 'submitted')").fetchone()[0]
     assert held == 2 and migrated.db.execute("SELECT sum(taken) FROM items").fetchone()[0] == held
-    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == 3
     assert migrated.db["ratings"].count == 2  # nothing stored was lost
     second = migrated.add_annotators(study, 1)[0]
     assert migrated.next_assignment(second).item_id == migrated.db["assignments"].get(1)["item_id"]  # fullest first
