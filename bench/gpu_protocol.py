@@ -153,13 +153,12 @@ def train_single(base, arch, args, device, dtype, *, fused: bool, compile_model:
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_adamw(params, args.lr, fused)
-    forward = model
-    if compile_model:
+    loss_fn = seq2seq_loss if seq2seq else causal_loss
+    if compile_model:  # the loss function (model forward + loss) under torch.compile, as train.py compiles it
         try:
-            forward = torch.compile(model)
+            loss_fn = torch.compile(loss_fn)
         except Exception as err:  # noqa: BLE001 -- reported in the row
             return Row("", 1, None, None, note=f"compile failed: {err.__class__.__name__}")
-    loss_fn = seq2seq_loss if seq2seq else causal_loss
     batches = episode_batches(episode, args.warmup + steps, args, model.config.vocab_size, seq2seq)
     model.train()
     try:
@@ -168,7 +167,7 @@ def train_single(base, arch, args, device, dtype, *, fused: bool, compile_model:
                 meter.sync()
                 started = time.perf_counter()
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = loss_fn(forward, batch)
+            loss = loss_fn(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -181,7 +180,7 @@ def train_single(base, arch, args, device, dtype, *, fused: bool, compile_model:
     elapsed = time.perf_counter() - started
     trained = {n: p.detach().float().cpu() for n, p in model.named_parameters() if n in names}
     row = Row("", 1, elapsed / steps, meter.peak_mb(), trained=[trained])
-    del model, optimizer, forward
+    del model, optimizer
     return row
 
 

@@ -98,14 +98,14 @@ class _swap_parameters:
         self.module._parameters.update(self.saved)
 
 
-def _routed_forward(route: Route, episodes: int) -> Callable:
-    module, original = route.module, type(route.module).forward
+def _routed_forward(route: Route, routing: "Routing") -> Callable:
+    module, original, episodes = route.module, type(route.module).forward, routing.episodes
 
     def forward(x: torch.Tensor, *args, **kwargs):
         rows = x.shape[0]
-        if rows % episodes:
-            raise NotBatchable(f"a routed {type(module).__name__} got {rows} rows, not a multiple of {episodes} "
-                               "episodes (its input is not batch-first)")
+        if rows % episodes or (routing.rows is not None and rows != routing.rows):
+            raise NotBatchable(f"a routed {type(module).__name__} got {rows} rows instead of the batch's "
+                               f"{routing.rows} (its input is not batch-first), so episodes cannot be told apart")
         if isinstance(module, nn.Linear) and not args and not kwargs:
             weight = route.stacked.get("weight")
             bias = route.stacked.get("bias", module.bias)
@@ -135,13 +135,14 @@ class Routing:
             for module, attr in _owners(template, params[name]):
                 routes.setdefault(id(module), Route(module)).stacked[attr] = stacked[name]
         self.routes, self.episodes = list(routes.values()), episodes
+        self.rows: int | None = None  # the stacked batch's rows (K*B) this step; every routed input must have them
 
     def modules(self) -> list[nn.Module]:
         return [r.module for r in self.routes]
 
     def __enter__(self):
         for route in self.routes:
-            route.module.forward = _routed_forward(route, self.episodes)
+            route.module.forward = _routed_forward(route, self)
         return self
 
     def __exit__(self, *exc):
@@ -252,6 +253,7 @@ class StackedTrainer:
         return scope()
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.routing.rows = batch["input_ids"].shape[0]
         losses = episode_losses(self.template, batch, self.episodes, self.seq2seq)
         losses.sum().backward()
         if self.config.max_grad_norm:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from sparsefit.backbones import load_backbone
 from sparsefit.batched import run_episode_group
 from sparsefit.config import RunConfig, TrainConfig
+from sparsefit.errors import SparseFitError
 from sparsefit.experiments import MEASURED_METRICS, TABLE_METRICS, episode_dir, make_variants, results_table, run_episodes
 from sparsefit.runner import run_episode
 
@@ -114,3 +115,12 @@ def test_protocol_bench_cpu_table_shows_batched_equals_sequential(capsys):
     rows = {line.split("  ")[0]: line.split() for line in lines if line.startswith(("(a)", "seq", "batched"))}
     assert set(rows) == {"(a) 1 episode eager fp32", "seq 3 episodes", "batched K=3"}
     assert float(rows["batched K=3"][-1]) < 1e-4  # max |trained delta - sequential| over the 3 episodes
+
+
+def test_a_diverging_group_writes_no_folder(tmp_path):
+    config = tiny("tiny-t5", "sparsefit", {"components": "self.k,ln,ffn"})
+    config.train.lr, config.train.steps = 1e12, 30
+    variants = make_variants([config])
+    with pytest.raises(SparseFitError, match=r"diverged at step \d+ for episode seed\(s\)"):
+        run_episodes(variants, tmp_path, SEEDS[:2], progress=False, batch_episodes=2)
+    assert list(tmp_path.rglob("*.json")) == [] and list(tmp_path.rglob("*.partial")) == []
