@@ -408,6 +408,9 @@ def test_phone_annotator_page_keeps_drafts_and_shows_refusals_at_the_button(serv
     assert "Use via API" not in text and "Keyboard" not in text  # no footer, no keyboard help on a phone
     key_hint = page.locator("#sf-gate label span").first.evaluate("e => getComputedStyle(e, '::after').content")
     assert key_hint in ("none", "normal")
+    page.locator("#sf-gate-continue").click()  # no answer picked: said under the Continue button
+    wait_text(page, "#sf-gate-msg", "Choose an answer first")
+    assert_near(page, "#sf-gate-msg", "#sf-gate-continue", limit=120)
     gold, options = current_gold(store, annotator.id)
     page.locator("#sf-gate label").nth(options.index(gold)).click()
     page.locator("#sf-gate-continue").click()
