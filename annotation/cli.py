@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _study_create(args: argparse.Namespace) -> None:
     store = Store(args.db)
+    admin.check_new_study_name(store, args.name)  # a taken --name is an error, not a silent "-1a2b" suffix
     study_id = store.create_study(args.predictions, StudySettings(
         preset=args.preset, items_per_page=args.items_per_page, annotators_per_item=args.annotators_per_item,
         only_correct=args.only_correct, per_label=args.per_label, seed=args.seed, name=args.name,

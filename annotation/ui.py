@@ -517,18 +517,25 @@ def overview_html(study: dict[str, Any], progress: dict[str, Any]) -> str:
                 f"</progress><span>{done} / {total} ({share})</span></div>")
     status = study.get("status") or "open"
     return (f"<div class='sf-overview'><div><span class='sf-badge sf-{esc(status)}'>{esc(status)}</span> "
-            f"<b>{esc(study['name'])}</b> <code>{esc(study['id'])}</code> · preset {esc(study['preset'])} · "
+            f"<b>{esc(study['name'])}</b>"
+            + (f" <code>{esc(study['id'])}</code>" if study["id"] != study["name"] else "")
+            + f" · preset {esc(study['preset'])} · "
             f"{study['items_per_page']} items per annotator · {study['annotators_per_item']} annotators per "
             f"item · created {esc(study['created_at'][:16].replace('T', ' '))} UTC</div>"
             + bar("Items complete", progress["items_complete"], progress["items"])
-            + bar("Ratings submitted", progress["annotations_submitted"], progress["annotations_needed"])
-            + f"<div>{progress['annotators']} annotators · {progress['ratings']} explanation ratings</div></div>")
+            + bar("Annotations submitted", progress["annotations_submitted"], progress["annotations_needed"])
+            + f"<div>{_count(progress['annotators'], 'annotator')} · "
+              f"{_count(progress['ratings'], 'explanation rating')}</div></div>")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path, base_url: str) -> gr.Textbox:
     with gr.Row(equal_height=True):
         password = gr.Textbox(label="Admin password", type="password", scale=3, elem_id="sf-admin-password",
-                              info="Printed once at the first start; change it below once signed in.")
+                              placeholder="printed once at the first start; change it here once signed in")
         sign_in = gr.Button("Sign in", scale=1, variant="primary", elem_id="sf-admin-sign-in")
     sign_in_note = note("sf-admin-sign-in-msg")
     with gr.Column(visible=False, elem_id="sf-admin-area") as area:

@@ -222,8 +222,12 @@ def assert_near(page, message: str, control: str, limit: float = 200) -> None:
 
 def wait_text(page, selector: str, text: str, timeout: float = 30000) -> str:
     """Wait until the element's text contains `text` (case-insensitive: CSS may upper-case a badge)."""
-    page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').toLowerCase().includes(t)",
-                           arg=[selector, text.lower()], timeout=timeout)
+    try:
+        page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').toLowerCase().includes(t)",
+                               arg=[selector, text.lower()], timeout=timeout)
+    except Exception as err:  # say what the page showed instead
+        shown = page.evaluate("(s) => document.querySelector(s)?.innerText", selector)
+        raise AssertionError(f"{selector} never showed {text!r}; it shows {shown!r}") from err
     return page.locator(selector).inner_text()
 
 
@@ -240,11 +244,11 @@ def open_panel(page, title: str) -> None:
     page.wait_for_timeout(300)
 
 
-def screenshot(page, name: str, tmp_path: Path) -> Path:
+def screenshot(page, name: str, tmp_path: Path, full_page: bool = True) -> Path:
     """docs/<name>.png only when SPARSEFIT_UPDATE_SCREENSHOT=1, so test runs leave the work tree clean."""
     shot = ROOT / "docs" / f"{name}.png" if os.environ.get("SPARSEFIT_UPDATE_SCREENSHOT") else tmp_path / f"{name}.png"
     page.wait_for_timeout(600)  # let the "pending" fade of the last event finish
-    page.screenshot(path=str(shot), full_page=True)
+    page.screenshot(path=str(shot), full_page=full_page)
     return shot
 
 
@@ -290,8 +294,8 @@ def test_admin_panels_read_well_and_errors_sit_next_to_their_controls(served, br
     assert "annotator" in header and "rated" in header and "ended at gate" in header
     assert "link" in table.inner_text()
     assert_readable(page)
-    if width == WIDTHS["desktop"]:
-        screenshot(page, "admin", tmp_path)
+    screenshot(page, "admin" if width == WIDTHS["desktop"] else "admin-phone", tmp_path,
+               full_page=width == WIDTHS["desktop"])
 
     # create: a bad file and a taken name give their error under the Create button
     open_panel(page, "Create a study")
@@ -361,15 +365,9 @@ def test_admin_panels_read_well_and_errors_sit_next_to_their_controls(served, br
     page.locator("#sf-admin-change").click()
     wait_text(page, "#sf-admin-change-msg", "Password changed")
     sign_in(page, "a-new-password")
-    for box, value in (("#sf-admin-new input", "pw-restored"), ("#sf-admin-repeat input", "pw-restored")):
-        page.locator(box).fill(value)
-    page.locator("#sf-admin-change").click()
-    wait_text(page, "#sf-admin-change-msg", "Password changed")
     from annotation import admin
-    admin.ensure_admin_secret(store, "pw")  # what the rest of the module signs in with
+    admin.ensure_admin_secret(store, "pw")  # back to what the rest of the module signs in with
     assert_readable(page)
-    if width == WIDTHS["phone"]:
-        screenshot(page, "admin-phone", tmp_path)
     page.close()
 
 
@@ -378,6 +376,10 @@ def test_results_panels_show_tables_and_plots(served, browser, tmp_path, width):
     page = browser.new_page(viewport={"width": width, "height": 900})
     page.goto(served["url"])
     page.wait_for_selector("button[role=tab]")
+    # the Demo tab opens first; its only models here are base models, and it says what to expect of them
+    assert "base model, not fine-tuned" in wait_text(page, "#sf-demo-hint", "not fine-tuned")
+    if width == WIDTHS["desktop"]:  # admins keep Gradio's footer (Gradio drops its API link on phones)
+        assert page.get_by_text("Use via API").is_visible()
     open_tab(page, "Results")
     page.locator("#sf-results-list").click()
     message = wait_text(page, "#sf-results-list-msg", "Sign in on the Admin tab first")
@@ -405,7 +407,8 @@ def test_results_panels_show_tables_and_plots(served, browser, tmp_path, width):
         label = page.locator(f"#sf-results-{plot}-plot label")
         assert label.count() == 0 or not label.first.is_visible()
     assert_readable(page)
-    screenshot(page, "results" if width == WIDTHS["desktop"] else "results-phone", tmp_path)
+    screenshot(page, "results" if width == WIDTHS["desktop"] else "results-phone", tmp_path,
+               full_page=width == WIDTHS["desktop"])
     page.locator("#sf-results-export").click()
     wait_text(page, "#sf-results-export-msg", "Exported rated-ratings.csv")
     assert_near(page, "#sf-results-export-msg", "#sf-results-export")
@@ -423,6 +426,9 @@ def test_phone_annotator_page_keeps_drafts_and_shows_refusals_at_the_button(serv
     assert "Use via API" not in text and "Keyboard" not in text  # no footer, no keyboard help on a phone
     key_hint = page.locator("#sf-gate label span").first.evaluate("e => getComputedStyle(e, '::after').content")
     assert key_hint in ("none", "normal")
+    page.locator("#sf-gate-continue").click()  # no answer picked: said under the Continue button
+    wait_text(page, "#sf-gate-msg", "Choose an answer first")
+    assert_near(page, "#sf-gate-msg", "#sf-gate-continue", limit=120)
     gold, options = current_gold(store, annotator.id)
     page.locator("#sf-gate label").nth(options.index(gold)).click()
     page.locator("#sf-gate-continue").click()
@@ -438,7 +444,8 @@ def test_phone_annotator_page_keeps_drafts_and_shows_refusals_at_the_button(serv
     assert "Explanation B" in page.locator("#sf-rating-b-msg").inner_text()
     assert not page.locator("#sf-message").is_visible()  # not at the top of the page
     assert page.locator("#sf-rating-a input").nth(1).is_checked()
-    screenshot(page, "annotate-phone", tmp_path)
+    page.locator("#sf-rating-b").scroll_into_view_if_needed()
+    screenshot(page, "annotate-phone", tmp_path, full_page=False)
     page.locator("#sf-rating-b label").nth(0).click()
     page.locator("#sf-submit").click()
     wait_text(page, "#sf-progress", "Item 2 of 6")
@@ -493,3 +500,4 @@ def test_closed_study_says_so_and_prolific_participants_are_sent_back(served, br
     assert_readable(page)
     page.close()
     store.set_study_status(study, "open")
+
