@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "model, a few minutes, once); the app serves meanwhile and shows the progress")
     parser.add_argument("--no-demo", action="store_true",
                         help="leave out the Demo tab and its endpoints (a pure annotation server)")
+    parser.add_argument("--device", default="auto", help="where the Demo's model and the quickstart build run: auto (CUDA when "
+                        "available), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="float32", help="the Demo model's precision: float32 or bfloat16")
     parser.add_argument("--max-upload", default="50mb", help="largest file the Admin tab accepts (e.g. 50mb)")
     return parser.parse_args(argv)
 
@@ -71,13 +74,15 @@ def main(argv: list[str] | None = None) -> None:
     build = None
     if study_id is None and args.build_quickstart:
         build = QuickstartBuild(models_dir, on_done=lambda path: print(
-            f"Quickstart study {admin.ensure_quickstart_study(store, path)!r} is ready.", flush=True))
+            f"Quickstart study {admin.ensure_quickstart_study(store, path)!r} is ready.", flush=True),
+            placement={"device": args.device, "dtype": args.dtype})
     elif study_id is None:
         print(f"No quickstart predictions at {args.quickstart_predictions}: build them in the Admin tab "
               "(or start with --build-quickstart).", flush=True)
     demo = build_app(args.db, None, models_dir=models_dir,
                      quickstart_predictions=args.quickstart_predictions, base_url=args.base_url,
-                     with_demo=not args.no_demo, banner=build.banner if build else None)
+                     with_demo=not args.no_demo, banner=build.banner if build else None,
+                     demo_placement={"device": args.device, "dtype": args.dtype})
     demo.queue(default_concurrency_limit=8)
     local_url = serve(demo, args.db, host=args.host, port=args.port, max_file_size=args.max_upload,
                       **launch_options())

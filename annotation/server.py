@@ -49,8 +49,11 @@ def json_routes(db_path: str | Path) -> list[APIRoute]:
 
     def route(name: str):
         async def handle(request: Request) -> JSONResponse:
+            declared = request.headers.get("content-length", "0")
+            if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:  # refuse before reading it
+                return JSONResponse(error_view("request too large"), status_code=413)
             body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
+            if len(body) > MAX_BODY_BYTES:  # a chunked body has no length to check up front
                 return JSONResponse(error_view("request too large"), status_code=413)
             args, problem = parse_body(name, body)
             if problem:

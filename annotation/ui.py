@@ -214,13 +214,15 @@ def launch_options() -> dict[str, Any]:
 
 def build_app(db_path: str | Path, admin_password: str | None = None, *, models_dir: str | Path | None = None,
               quickstart_predictions: str | Path | None = None, base_url: str = "",
-              with_demo: bool = True, banner: Callable[[], str] | None = None) -> gr.Blocks:
+              with_demo: bool = True, banner: Callable[[], str] | None = None,
+              demo_placement: dict[str, str] | None = None) -> gr.Blocks:
     """The whole app. `models_dir` defaults to the backend's ($SPARSEFIT_MODELS_DIR or models/).
 
     `admin_password` replaces the admin secret stored (hashed) in the database; None keeps the stored one
     (app.py calls `admin.ensure_admin_secret` first to generate and print one for a new database).
     `with_demo=False` leaves out the Demo tab and its endpoints; `banner` (e.g. the quickstart build's
-    progress) is shown at the top and refreshed while it has something to say."""
+    progress) is shown at the top and refreshed while it has something to say. `demo_placement`
+    ({"device": ..., "dtype": ...}) is where the Demo's model process runs it (default: auto, float32)."""
     models_dir = Path(models_dir) if models_dir else admin.default_models_dir()
     quickstart_predictions = Path(quickstart_predictions or admin.quickstart_predictions())
     store = Store(db_path)
@@ -236,7 +238,7 @@ def build_app(db_path: str | Path, admin_password: str | None = None, *, models_
             if with_demo:
                 with gr.Tab("Demo", id="demo"):
                     from annotation.workers import DemoWorker
-                    _demo_tab(Path(models_dir), DemoWorker())
+                    _demo_tab(Path(models_dir), DemoWorker(**(demo_placement or {})))
             with gr.Tab("Annotate", id="annotate"):
                 annotate = _annotate_tab(flow)
             with gr.Tab("Admin", id="admin"):

@@ -9,7 +9,6 @@ build in a child process while the app is already serving, and keeps a status li
 from __future__ import annotations
 
 import atexit
-import inspect
 import multiprocessing
 import threading
 import time
@@ -49,7 +48,9 @@ class RateLimiter:
 class DemoWorker:
     """The demo's model process: started on first use, restarted if it died, stopped at exit."""
 
-    def __init__(self, per_client_per_minute: int = 20, busy_wait_s: float = 120.0):
+    def __init__(self, per_client_per_minute: int = 20, busy_wait_s: float = 120.0, *, device: str = "auto",
+                 dtype: str = "float32"):
+        self.placement = {"device": device, "dtype": dtype}  # checked by the backend when a model loads
         self.limiter = RateLimiter(per_client_per_minute, 60.0)
         self.busy_wait_s = busy_wait_s
         self._lock = threading.Lock()  # one request at a time: one model process, one CPU budget
@@ -96,7 +97,8 @@ class DemoWorker:
         if self._process is None or not self._process.is_alive():
             context = multiprocessing.get_context("spawn")  # a clean interpreter: no server threads, no fork
             parent, child = context.Pipe()
-            self._process = context.Process(target=_demo_main, args=(child,), daemon=True, name="sparsefit-demo")
+            self._process = context.Process(target=_demo_main, args=(child, self.placement), daemon=True,
+                                            name="sparsefit-demo")
             self._process.start()
             child.close()
             self._conn = parent
@@ -112,7 +114,7 @@ class DemoWorker:
         self._stop()
 
 
-def _demo_main(conn) -> None:
+def _demo_main(conn, placement: dict[str, str]) -> None:
     """The child: loads models with the backend's Predictor and answers requests until the pipe closes."""
     predictors: dict[str, Any] = {}
 
@@ -128,19 +130,13 @@ def _demo_main(conn) -> None:
             from sparsefit.inference import Predictor
             model = payload["model"]
             if model not in predictors:
-                predictors[model] = Predictor.load(model, progress=report, **_device_options(Predictor.load))
+                predictors[model] = Predictor.load(model, progress=report, **placement)
             result = None
             if op == "predict":
                 result = predictors[model].predict(payload["task"], payload["inputs"])
             conn.send(("ok", result))
         except Exception as err:  # the backend's SparseFitError or an I/O error: a message, not a traceback
             conn.send(("error", f"{type(err).__name__ if not str(err) else ''}{err}"))
-
-
-def _device_options(load: Callable) -> dict[str, str]:
-    """device="auto", dtype="float32" where the backend's Predictor.load takes them (newer backends)."""
-    accepted = inspect.signature(load).parameters
-    return {k: v for k, v in (("device", "auto"), ("dtype", "float32")) if k in accepted}
 
 
 # ---------------------------------------------------------------------------------------- quickstart
@@ -168,12 +164,14 @@ def _stop_live_builds() -> None:
 atexit.register(_stop_live_builds)
 
 
-def run_quickstart_build(models_dir: str | Path, progress: Progress | None = None) -> str:
+def run_quickstart_build(models_dir: str | Path, progress: Progress | None = None,
+                         placement: dict[str, str] | None = None) -> str:
     """Build the quickstart predictions in a child process (torch stays out of this one); blocks until
-    done and returns the predictions path, relaying progress. Failures raise AnnotationError."""
+    done and returns the predictions path, relaying progress. `placement`: {"device", "dtype"} for the
+    backend (default auto, float32). Failures raise AnnotationError."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe(duplex=False)
-    process = context.Process(target=_build_main, args=(child, str(models_dir)), daemon=True,
+    process = context.Process(target=_build_main, args=(child, str(models_dir), placement or {}), daemon=True,
                               name="sparsefit-quickstart")
     process.start()
     _LIVE_BUILDS.add(process)
@@ -203,8 +201,9 @@ class QuickstartBuild:
     """`run_quickstart_build` in a background thread with a status line for the browser; `on_done(path)`
     runs in this process after the build."""
 
-    def __init__(self, models_dir: str | Path, on_done: Callable[[str], None] | None = None):
-        self.models_dir = str(models_dir)
+    def __init__(self, models_dir: str | Path, on_done: Callable[[str], None] | None = None,
+                 placement: dict[str, str] | None = None):
+        self.models_dir, self.placement = str(models_dir), placement
         self.on_done = on_done
         self.status = BuildStatus()
 
@@ -227,7 +226,7 @@ class QuickstartBuild:
 
     def _run(self) -> None:
         try:
-            self.status.predictions = run_quickstart_build(self.models_dir, self._progress)
+            self.status.predictions = run_quickstart_build(self.models_dir, self._progress, self.placement)
             if self.on_done:
                 self.on_done(self.status.predictions)
         except AnnotationError as err:
@@ -237,12 +236,13 @@ class QuickstartBuild:
             self.status.running = False
 
 
-def _build_main(conn, models_dir: str) -> None:
+def _build_main(conn, models_dir: str, placement: dict[str, str]) -> None:
     import os
     os.environ["SPARSEFIT_MODELS_DIR"] = models_dir  # the backend writes where the app looks
     try:
         from sparsefit.inference import build_quickstart
-        path = build_quickstart(progress=lambda f, text: conn.send(("progress", float(f), str(text))))
+        path = build_quickstart(progress=lambda f, text: conn.send(("progress", float(f), str(text))),
+                                **placement)
         conn.send(("ok", str(path)))
     except Exception as err:  # noqa: BLE001 - reported to the parent as one line
         conn.send(("error", str(err) or type(err).__name__))
