@@ -31,7 +31,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,6 +64,11 @@ class SearchSettings:
     validation_seeds: tuple[int, ...] = DEFAULT_VALIDATION_SEEDS
     components: tuple[str, ...] | None = None  # None: the built-in candidate list
     fish: bool = True
+    # Reporting episodes whose evaluation examples the search must not see (when the search's training split is
+    # also the split reported on, e.g. e-SNLI dev): their eval samples are removed from the search pool.
+    exclude_eval_seeds: tuple[int, ...] = ()
+    eval_split: str | None = None  # the reporting runs' eval split (default: train_split)
+    n_eval: int | None = None  # the reporting runs' eval size (default: FEB's)
     batch_size: int = 4
     max_new_tokens: int = 32
     threads: int | None = None  # machine setting: not part of the setup fingerprint
@@ -198,6 +203,23 @@ def append_trial(out: Path, trial: dict[str, Any]) -> None:
         handle.flush()
 
 
+def search_pool(settings: SearchSettings) -> list:
+    """The training split, minus the evaluation examples of `exclude_eval_seeds` episodes (drawn as `run` does)."""
+    from sparsefit.data import load_examples
+    from sparsefit.episodes import sample_episode
+    pool = load_examples(settings.dataset, settings.data_path, settings.train_split)
+    if not settings.exclude_eval_seeds:
+        return pool
+    eval_split = settings.eval_split or settings.train_split
+    eval_pool = pool if eval_split == settings.train_split else \
+        load_examples(settings.dataset, settings.data_path, eval_split)
+    hidden: set[str] = set()
+    for seed in settings.exclude_eval_seeds:
+        episode = sample_episode(settings.dataset, pool, eval_pool, seed, settings.n_train, settings.n_eval)
+        hidden |= {e.id for e in episode.eval}
+    return [e for e in pool if e.id not in hidden]
+
+
 # --- one trial ------------------------------------------------------------------------------------------
 def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, seed: int, steps: int) -> dict:
     """Train the candidate on one validation episode's shots and score it on that episode's validation sample."""
@@ -255,7 +277,7 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
     """Run (or resume) the search; returns the ranked table (best first) and writes the files."""
     from tqdm import tqdm
     from sparsefit.backbones import load_backbone
-    from sparsefit.data import data_hash, load_examples
+    from sparsefit.data import data_hash
     out = Path(out)
     if not 0 < settings.keep <= 1:
         raise SparseFitError(f"--keep must be in (0, 1], got {settings.keep}", field="--keep")
@@ -263,7 +285,7 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
         raise SparseFitError(f"the rungs need {max(r.episodes for r in settings.rungs)} validation seeds, "
                              f"got {len(settings.validation_seeds)}", field="--validation-seeds")
     candidates = build_candidates(settings)  # checks budget and components before loading anything big
-    pool = load_examples(settings.dataset, settings.data_path, settings.train_split)
+    pool = search_pool(settings)
     backbone = backbone or load_backbone(settings.model)
     setup = setup_of(settings, backbone.fingerprint, data_hash(pool))
     check_or_write_setup(out, setup)
@@ -345,16 +367,23 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
     return values
 
 
+def _ints(text: str | None, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in (text or "").split(",") if x.strip())
+    except ValueError:
+        raise SparseFitError(f"{flag} must be a comma list of seeds, got {text!r}", field=flag) from None
+
+
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     from sparsefit.methods.selection import parse_budget
-    seeds = tuple(int(s) for s in args.validation_seeds.split(",") if s.strip()) if args.validation_seeds \
-        else DEFAULT_VALIDATION_SEEDS
+    seeds = _ints(args.validation_seeds, "--validation-seeds") or DEFAULT_VALIDATION_SEEDS
     return SearchSettings(
         dataset=args.dataset, data_path=args.data_path, train_split=args.train_split, model=args.model,
         budget=parse_budget(args.budget, "--budget"), lrs=_floats(args.lrs, "--lrs"), rungs=parse_rungs(args.rungs),
         keep=args.keep, n_train=args.n_train, n_val=args.n_val, validation_seeds=seeds,
         components=tuple(s.strip() for s in args.components.split(";") if s.strip()) if args.components else None,
-        fish=not args.no_fish, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threads=args.threads)
+        fish=not args.no_fish, exclude_eval_seeds=_ints(args.exclude_eval_of, "--exclude-eval-of"),
+        eval_split=args.eval_split, n_eval=args.n_eval, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threads=args.threads)
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -386,6 +415,11 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--n-train", type=int, help="shots per validation episode (default: the dataset's FEB setting)")
     p.add_argument("--n-val", type=int, default=24, help="validation examples per episode")
     p.add_argument("--validation-seeds", help="comma list (default: the last FEB seeds)")
+    p.add_argument("--exclude-eval-of", metavar="SEEDS",
+                   help="seeds of the episodes you will report: their evaluation examples are removed from the "
+                        "search pool (needed when you search and report on the same split)")
+    p.add_argument("--eval-split", help="the reported runs' eval split, for --exclude-eval-of (default: train split)")
+    p.add_argument("--n-eval", type=int, help="the reported runs' eval size, for --exclude-eval-of (default: FEB's)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, help="torch CPU threads")

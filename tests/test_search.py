@@ -73,6 +73,20 @@ def test_search_ranks_resumes_and_writes_a_usable_preset(tmp_path, model):
     assert results["train_config"]["lr"] == 1e-2 and results["train_config"]["steps"] == 3
 
 
+def test_excluded_reporting_episodes_never_reach_the_search_pool():
+    from sparsefit.data import load_examples
+    from sparsefit.episodes import sample_episode
+    from sparsefit.search import search_pool
+    settings = _settings("tiny-causal", exclude_eval_seeds=(7004, 6290), n_eval=6)
+    full = load_examples("sample-nli", None, "train")
+    pool = search_pool(settings)
+    for seed in (7004, 6290):
+        hidden = {e.id for e in sample_episode("sample-nli", full, full, seed, 9, 6).eval}
+        assert len(hidden) == 6 and not hidden & {e.id for e in pool}
+    assert len(pool) == len(full) - len({e.id for s in (7004, 6290)
+                                         for e in sample_episode("sample-nli", full, full, s, 9, 6).eval})
+
+
 def test_a_folder_of_another_setup_is_refused(tmp_path):
     out = tmp_path / "search"
     quick = dict(components=("ln",), fish=False, rungs=(Rung(1, 1),))

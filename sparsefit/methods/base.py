@@ -4,6 +4,8 @@ Life cycle, the same for every method (peft's tuners/ layout is the model):
 
     method = get_method("sparsefit", preset="paper")           # options come from the run config
     model = method.prepare(backbone.model, backbone.arch)       # freeze all, then unfreeze / wrap
+    if method.needs_data:                                       # data-driven selection (fish)
+        method.prepare_with_data(model, arch, single_example_batches, default_loss)
     ... training loop: loss = method.training_loss(model, batch, default_loss)
                        optimizer.step(); method.after_step(model, step, total_steps)
     tensors = method.trained_state(model)                       # only what was trained (+ masks)
