@@ -238,7 +238,7 @@ def build_app(db_path: str | Path, admin_password: str | None = None, *, models_
             if with_demo:
                 with gr.Tab("Demo", id="demo"):
                     from annotation.workers import DemoWorker
-                    _demo_tab(Path(models_dir), DemoWorker(**(demo_placement or {})))
+                    demo_menu = _demo_tab(Path(models_dir), DemoWorker(**(demo_placement or {})))
             with gr.Tab("Annotate", id="annotate"):
                 annotate = _annotate_tab(flow)
             with gr.Tab("Admin", id="admin"):
@@ -246,6 +246,8 @@ def build_app(db_path: str | Path, admin_password: str | None = None, *, models_
             with gr.Tab("Results", id="results"):
                 _results_tab(str(db_path), gate, password_box)
         annotator_style = gr.HTML("", padding=False)
+        if with_demo:
+            demo.load(demo_menu[0], None, demo_menu[1], **PRIVATE)
         demo.load(_read_link, None, [*annotate.link, tabs, annotator_style], **PRIVATE) \
             .then(annotate.start, annotate.link, annotate.view, **PRIVATE) \
             .then(annotate.render, [annotate.view, annotate.assignment], annotate.screen, **PRIVATE)
@@ -788,15 +790,19 @@ def base_model_hint(model_name: str | None) -> str:
             "(Admin → Quickstart study, or `python app.py --build-quickstart`).")
 
 
-def _demo_tab(models_dir: Path, worker) -> None:
+def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
     gr.Markdown("Type an input and see the model's predicted label and explanation. The first use loads the "
                 "model (about a minute for the default).")
-    with gr.Row():
+    def model_menu() -> tuple[list, str]:
         runs = list_runs(models_dir)
         quickstart = next((r for r in runs if Path(r).name == "quickstart"), None)
         # the base model is not fine-tuned to explain; the quickstart run is, so it is the default when present
-        model = gr.Dropdown(BUILTIN_MODELS + [(_run_label(r, models_dir), r) for r in runs],
-                            value=quickstart or "default", label="Model", allow_custom_value=False)
+        return BUILTIN_MODELS + [(_run_label(r, models_dir), r) for r in runs], quickstart or "default"
+
+    with gr.Row():
+        choices, chosen = model_menu()
+        # custom values: runs written after start (API callers) pass; _demo_call checks every value anyway
+        model = gr.Dropdown(choices, value=chosen, label="Model", allow_custom_value=True)
         dataset = gr.Dropdown(DEMO_DATASETS, value="esnli", label="Task")
         load = gr.Button("Load model")
     base_hint = gr.Markdown(base_model_hint(model.value), elem_id="sf-demo-hint")
@@ -841,8 +847,14 @@ def _demo_tab(models_dir: Path, worker) -> None:
                             model_name, allowed(), progress)
         return result["label"], result["explanation"], result.get("prompt", ""), result.get("raw_generation", "")
 
+    def refresh_menu():
+        """Runs written after the app started (e.g. the quickstart built in the background) appear on reload."""
+        choices, chosen = model_menu()
+        return gr.Dropdown(choices=choices, value=chosen), base_model_hint(chosen)
+
     dataset.change(show_fields, [model, dataset], fields, **PRIVATE)
     model.change(base_model_hint, model, base_hint, **PRIVATE)
     load.click(load_model, model, load_status, api_name="demo_load_model") \
         .then(show_fields, [model, dataset], fields, **PRIVATE)
     predict.click(run, [model, dataset, *fields], [label, explanation, prompt, raw], api_name="demo_predict")
+    return refresh_menu, [model, base_hint]
