@@ -501,3 +501,22 @@ def test_closed_study_says_so_and_prolific_participants_are_sent_back(served, br
     page.close()
     store.set_study_status(study, "open")
 
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_demo_menu_lists_runs_written_after_start_and_warns_on_base_models(served, browser, width):
+    """A run that appears after the app started (a quickstart built in the background) is in the menu after a
+    reload; a base model gets the not-fine-tuned hint, a run does not."""
+    run = served["store"].path.parent / "runs" / f"late-{width}"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text("{}", encoding="utf-8")
+    (run / "delta.safetensors").write_bytes(b"")
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(served["url"])
+    wait_text(page, "#sf-demo-hint", "base model, not fine-tuned")
+    page.get_by_label("Model").click()
+    page.locator("li", has_text=f"run: runs/late-{width}").click()
+    page.wait_for_function("!(document.querySelector('#sf-demo-hint')?.innerText || '').includes('base model')",
+                           timeout=15000)
+    assert_readable(page)
+    page.close()
