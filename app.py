@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="where the Demo's model and the quickstart build run: auto (CUDA when "
                         "available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="float32", help="the Demo model's precision: float32 or bfloat16")
-    parser.add_argument("--max-upload", default="50mb", help="largest file the Admin tab accepts (e.g. 50mb)")
+    parser.add_argument("--max-upload", default=None,
+                        help="largest file the Admin tab accepts, e.g. 200mb (default: annotation.server.MAX_UPLOAD)")
     return parser.parse_args(argv)
 
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                      with_demo=not args.no_demo, banner=build.banner if build else None,
                      demo_placement={"device": args.device, "dtype": args.dtype})
     demo.queue(default_concurrency_limit=8)
-    local_url = serve(demo, args.db, host=args.host, port=args.port, max_file_size=args.max_upload,
+    upload = {"max_file_size": args.max_upload} if args.max_upload else {}  # else serve()'s default
+    local_url = serve(demo, args.db, host=args.host, port=args.port, **upload,
                       **launch_options())
     if build:
         print("Building the quickstart predictions in the background (once; a few minutes on a CPU); "

@@ -122,6 +122,8 @@ class PreparedEpisode:
     model: nn.Module
     total: int
     trainable: int
+    device: torch.device  # where the model was placed (resolved from config.device / config.dtype once)
+    dtype: torch.dtype
 
     @property
     def trainable_percent(self) -> float:
@@ -149,6 +151,7 @@ def prepare_episode(config: RunConfig, episode, backbone: Backbone, *,
     if method.needs_data:
         prepare_with_examples(backbone, method, model, episode.train, train_config)
     return PreparedEpisode(config=config, episode=episode, train_config=train_config, method=method, model=model,
+                           device=device, dtype=dtype,
                            total=total, trainable=method.trainable_count(model))
 
 
@@ -187,7 +190,7 @@ def finish_episode(prepared: PreparedEpisode, backbone: Backbone, out: Path, tra
     train_config, trainable, total = prepared.train_config, prepared.trainable, prepared.total
     trainable_percent = prepared.trainable_percent
     in_context = getattr(method, "in_context", False)
-    device, dtype = resolve_placement(config.device, config.dtype)
+    device, dtype = prepared.device, prepared.dtype
     manifest = {
         "base_model": config.model, "base_fingerprint": backbone.fingerprint,
         "model_type": backbone.arch.model_type, "kind": backbone.arch.kind, "method_options": config.method_options,
