@@ -242,12 +242,14 @@ def prepare_with_examples(backbone, method, model, train_examples, train_config)
     method.prepare_with_data(model, backbone.arch, batches, default_loss_for(backbone))
 
 
-def method_train(backbone, method, model, train_examples, train_config, progress, *, compile: bool = False):
+def method_train(backbone, method, model, train_examples, train_config, progress, *, compile: bool = False,
+                 on_step=None):
     from sparsefit.prompts import format_input, format_target
     from sparsefit.train import train
     inputs = [format_input(e) for e in train_examples]
     targets = [format_target(e) for e in train_examples]
-    return train(backbone, method, model, inputs, targets, train_config, progress=progress, compile=compile)
+    return train(backbone, method, model, inputs, targets, train_config, progress=progress, compile=compile,
+                 on_step=on_step)
 
 
 def predict_to_file(run: str, dataset: str, data_path: str | None, split: str, out_path: str | Path, *,

@@ -12,9 +12,13 @@ the shots and a disjoint validation sample from the *training* pool. Evaluation 
 (If you report on the same split you search on, as with e-SNLI dev, search with other seeds than the ones
 you report: the default validation seeds are the last FEB seeds, the reported ones are the first.)
 
-Successive halving: rung r trains every surviving candidate for `steps_r` steps on `episodes_r` validation
-episodes; candidates are ranked by mean validation accuracy, then mean nBERTScore, and the top `keep`
-share (at least one) goes on to the next rung.
+Successive halving: rung r trains every surviving candidate for `steps_r` steps on `episodes_r` fresh
+validation episodes (no rung reuses another's). Every `check_every` steps a checkpoint is scored in one
+teacher-forced pass over the validation sample: the greedy label accuracy (exact: the argmax at every
+position of the gold "<label> because" span) and the target loss. A candidate's score at a rung is its best
+checkpoint by mean label accuracy, then mean loss; that checkpoint's steps go into the preset. The top `keep`
+share (at least one) goes on to the next rung; the last rung also generates the answers at its end (real
+accuracy and nBERTScore, reported beside the ranking).
 
 Files in `--out`: search.json (the setup: model fingerprint, dataset, data hash, budget, rungs, ...),
 trials.jsonl (one finished trial per line, appended as it finishes: a search resumes where it stopped and
@@ -40,7 +44,7 @@ from sparsefit.errors import SparseFitError
 SETUP_FILE, TRIALS_FILE, TABLE_FILE, BEST_FILE = "search.json", "trials.jsonl", "search.csv", "best_preset.json"
 ATTENTION_PROJECTIONS = ("self.q", "self.k", "self.v", "self.o")
 # validation seeds: the last FEB seeds, so the first ones (7004, 3639, 6290, ...) stay free for reporting
-DEFAULT_VALIDATION_SEEDS = (4791, 588, 5320, 1181, 9599)
+DEFAULT_VALIDATION_SEEDS = (4791, 588, 5320, 1181, 9599, 176)
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,11 @@ class SearchSettings:
     train_split: str = "train"
     model: str = "default"
     budget: float = 0.05  # fraction of all parameters
-    lrs: tuple[float, ...] = (1e-4, 3e-4)
-    rungs: tuple[Rung, ...] = (Rung(20, 1), Rung(60, 2))
+    lrs: tuple[float, ...] = (3e-4, 1e-3)
+    rungs: tuple[Rung, ...] = (Rung(10, 1), Rung(30, 2), Rung(60, 3))
     keep: float = 1 / 3
+    check_every: int = 10  # score a checkpoint every N steps (and at the end): the search also picks the steps
+    all_specs: bool = False  # False: a spec is left out when the same spec plus the norms (",ln") is a candidate
     n_train: int | None = None
     n_val: int = 24
     validation_seeds: tuple[int, ...] = DEFAULT_VALIDATION_SEEDS
@@ -92,13 +98,20 @@ class Candidate:
 
 
 # --- candidates --------------------------------------------------------------------------------------------
-def candidate_specs(arch_kind: str) -> list[str]:
+def candidate_specs(arch_kind: str, all_specs: bool = True) -> list[str]:
+    """The paper's grid plus pairs of self-attention projections with the norms. Without `all_specs`, a spec
+    whose ",ln" variant is also listed is dropped: the norms add ~0.02% of the parameters, and halving the list
+    is what lets the default search fit in 30 minutes on 2 CPU cores."""
     from sparsefit.experiments import paper_grid
     pairs = [f"{a},{b},ln" for i, a in enumerate(ATTENTION_PROJECTIONS) for b in ATTENTION_PROJECTIONS[i + 1:]]
-    return list(dict.fromkeys([*paper_grid(arch_kind), *pairs]))
+    specs = list(dict.fromkeys([*paper_grid(arch_kind), *pairs]))
+    if all_specs:
+        return specs
+    return [spec for spec in specs if "ln" in spec.split(",") or f"{spec},ln" not in specs]
 
 
-def structural_candidates(model_id: str, budget: float, specs: Sequence[str] | None) -> list[tuple[str, float]]:
+def structural_candidates(model_id: str, budget: float, specs: Sequence[str] | None,
+                          all_specs: bool = True) -> list[tuple[str, float]]:
     """(spec, trainable share) of every spec within the budget, one per distinct parameter set.
 
     Built-in specs that match nothing on this model are skipped; a user's spec must be valid.
@@ -112,7 +125,7 @@ def structural_candidates(model_id: str, budget: float, specs: Sequence[str] | N
     strict = specs is not None
     seen: set[frozenset[str]] = set()
     fitting, smallest = [], None
-    for spec in (specs if specs is not None else candidate_specs(arch.kind)):
+    for spec in (specs if specs is not None else candidate_specs(arch.kind, all_specs)):
         try:
             names = frozenset(select_parameters(model, spec, arch))
         except SparseFitError:
@@ -135,7 +148,7 @@ def structural_candidates(model_id: str, budget: float, specs: Sequence[str] | N
 
 
 def build_candidates(settings: SearchSettings) -> list[Candidate]:
-    structural = structural_candidates(settings.model, settings.budget, settings.components)
+    structural = structural_candidates(settings.model, settings.budget, settings.components, settings.all_specs)
     out = []
     for lr in settings.lrs:
         out += [Candidate("sparsefit", lr, components=spec, trainable_percent=100 * share)
@@ -221,13 +234,26 @@ def search_pool(settings: SearchSettings) -> list:
 
 
 # --- one trial ------------------------------------------------------------------------------------------
-def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, seed: int, steps: int) -> dict:
-    """Train the candidate on one validation episode's shots and score it on that episode's validation sample."""
+def checkpoint_steps(steps: int, every: int) -> list[int]:
+    """Steps at which a trial is scored: every `every` steps and at the end."""
+    return sorted({*range(every, steps + 1, every), steps})
+
+
+def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, seed: int, steps: int, *,
+              generate: bool) -> dict:
+    """Train the candidate on one validation episode's shots; score checkpoints on its validation sample.
+
+    Each checkpoint gets a teacher-forced score (one forward pass: greedy label accuracy and target loss), so
+    the search can pick the number of steps too. `generate`: also generate the validation answers at the end
+    (real accuracy and nBERTScore; the last rung does this).
+    """
     from sparsefit.config import RunConfig, TrainConfig
     from sparsefit.episodes import sample_episode
     from sparsefit.experiments import seed_everything
     from sparsefit.methods.base import count_parameters, get_method
+    from sparsefit.prompts import format_input, format_target
     from sparsefit.runner import method_train, predict_examples, prepare_with_examples, score
+    from sparsefit.train import validation_score
     started = time.perf_counter()
     episode = sample_episode(settings.dataset, pool, pool, seed, settings.n_train, settings.n_val)
     config = RunConfig(dataset=settings.dataset, model=settings.model, method=candidate.method,
@@ -242,13 +268,26 @@ def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, se
     if method.needs_data:
         prepare_with_examples(backbone, method, model, episode.train, config.train)
     trainable = method.trainable_count(model)
-    result = method_train(backbone, method, model, episode.train, config.train, progress=False)
-    _, generations = predict_examples(backbone, model, episode.eval, config, progress=False)
-    _, summary = score(episode.eval, generations, config)
+    val_inputs, val_targets = [format_input(e) for e in episode.eval], [format_target(e) for e in episode.eval]
+    wanted, checkpoints = set(checkpoint_steps(steps, settings.check_every)), []
+
+    def score_checkpoint(step: int) -> None:
+        if step in wanted:
+            result = validation_score(backbone, model, val_inputs, val_targets, config.train)
+            checkpoints.append({"steps": step, "label_accuracy": result.label_accuracy, "val_loss": result.loss})
+
+    result = method_train(backbone, method, model, episode.train, config.train, progress=False,
+                          on_step=score_checkpoint)
+    accuracy = nbertscore = None
+    if generate:
+        _, generations = predict_examples(backbone, model, episode.eval, config, progress=False)
+        _, summary = score(episode.eval, generations, config)
+        accuracy, nbertscore = summary.get("accuracy"), summary.get("nbertscore")
     return {"candidate": candidate.key, "seed": seed, "steps": steps, "method": candidate.method,
             "components": candidate.components, "budget": candidate.budget, "lr": candidate.lr,
-            "trainable_percent": 100.0 * trainable / total, "accuracy": summary.get("accuracy"),
-            "nbertscore": summary.get("nbertscore"), "last_loss": sum(result.losses[-5:]) / len(result.losses[-5:]),
+            "trainable_percent": 100.0 * trainable / total, "checkpoints": checkpoints,
+            "accuracy": accuracy, "nbertscore": nbertscore,
+            "last_loss": sum(result.losses[-5:]) / len(result.losses[-5:]),
             "n_val": len(episode.eval), "seconds": time.perf_counter() - started}
 
 
@@ -259,18 +298,45 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _rank_key(row: dict[str, Any]) -> tuple:
-    acc, nbert = row.get("accuracy"), row.get("nbertscore")
-    return (-row.get("rung", 0), -(acc if acc is not None else -1.0), -(nbert if nbert is not None else -1.0))
+    """Later rung first, then validation label accuracy (higher), then validation loss (lower)."""
+    acc, loss = row.get("val_accuracy"), row.get("val_loss")
+    return (-row.get("rung", 0), -(acc if acc is not None else -1.0), loss if loss is not None else math.inf)
+
+
+def best_checkpoint(trials: list[dict[str, Any]]) -> tuple[int, float | None, float | None]:
+    """(steps, mean label accuracy, mean loss) of the checkpoint with the best mean over the episodes."""
+    by_steps: dict[int, list[dict[str, Any]]] = {}
+    for trial in trials:
+        for point in trial["checkpoints"]:
+            by_steps.setdefault(point["steps"], []).append(point)
+    means = {step: (_mean([p["label_accuracy"] for p in points]), _mean([p["val_loss"] for p in points]))
+             for step, points in by_steps.items() if len(points) == len(trials)}
+    if not means:
+        return trials[0]["steps"], None, None
+    step = max(means, key=lambda k: (means[k][0] if means[k][0] is not None else -1.0,
+                                     -(means[k][1] if means[k][1] is not None else math.inf), -k))
+    return step, *means[step]
 
 
 def summarize_rung(candidate: Candidate, trials: list[dict[str, Any]], rung_index: int, rung: Rung) -> dict:
+    steps, val_accuracy, val_loss = best_checkpoint(trials)
     return {"candidate": candidate.key, "method": candidate.method, "components": candidate.components or "",
             "budget": candidate.budget, "lr": candidate.lr,
             "trainable_percent": _mean([t["trainable_percent"] for t in trials]),
-            "rung": rung_index + 1, "steps": rung.steps, "episodes": len(trials),
+            "rung": rung_index + 1, "steps": rung.steps, "episodes": len(trials), "best_steps": steps,
+            "val_accuracy": val_accuracy, "val_loss": val_loss,
             "accuracy": _mean([t["accuracy"] for t in trials]),
             "nbertscore": _mean([t["nbertscore"] for t in trials]),
             "seconds": sum(t["seconds"] for t in trials)}
+
+
+def rung_seeds(settings: SearchSettings) -> list[tuple[int, ...]]:
+    """Each rung gets its own, fresh validation episodes: rung 1 the first seeds, rung 2 the next ones, ..."""
+    out, offset = [], 0
+    for rung in settings.rungs:
+        out.append(tuple(settings.validation_seeds[offset:offset + rung.episodes]))
+        offset += rung.episodes
+    return out
 
 
 def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = True, backbone=None) -> list[dict]:
@@ -281,8 +347,12 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
     out = Path(out)
     if not 0 < settings.keep <= 1:
         raise SparseFitError(f"--keep must be in (0, 1], got {settings.keep}", field="--keep")
-    if len(settings.validation_seeds) < max(r.episodes for r in settings.rungs):
-        raise SparseFitError(f"the rungs need {max(r.episodes for r in settings.rungs)} validation seeds, "
+    if settings.check_every < 1:
+        raise SparseFitError(f"--check-every must be a positive number of steps, got {settings.check_every}",
+                             field="--check-every")
+    needed = sum(r.episodes for r in settings.rungs)
+    if len(settings.validation_seeds) < needed:
+        raise SparseFitError(f"the rungs need {needed} validation seeds (each rung draws fresh episodes), "
                              f"got {len(settings.validation_seeds)}", field="--validation-seeds")
     candidates = build_candidates(settings)  # checks budget and components before loading anything big
     pool = search_pool(settings)
@@ -293,15 +363,16 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
     alive, rows = list(candidates), {}
     planned = sum(r.episodes * math.ceil(len(candidates) * settings.keep ** i) for i, r in enumerate(settings.rungs))
     bar = tqdm(total=planned, desc="search", unit="trial", disable=not progress)
-    for index, rung in enumerate(settings.rungs):
+    last = len(settings.rungs) - 1
+    for index, (rung, seeds) in enumerate(zip(settings.rungs, rung_seeds(settings))):
         for candidate in alive:
             trials = []
-            for seed in settings.validation_seeds[: rung.episodes]:
+            for seed in seeds:
                 trial = done.get((candidate.key, seed, rung.steps))
                 if trial is None:
                     bar.set_postfix_str(f"{candidate.key} {rung.steps} steps seed {seed}")
-                    trial = {**run_trial(backbone, pool, settings, candidate, seed, rung.steps),
-                             "setup_id": setup["setup_id"]}
+                    trial = {**run_trial(backbone, pool, settings, candidate, seed, rung.steps,
+                                         generate=index == last), "setup_id": setup["setup_id"]}
                     append_trial(out, trial)
                     done[(candidate.key, seed, rung.steps)] = trial
                 trials.append(trial)
@@ -317,7 +388,7 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
 
 
 def best_preset(row: dict[str, Any]) -> dict[str, Any]:
-    preset = {"method": row["method"], "lr": row["lr"], "steps": row["steps"]}
+    preset = {"method": row["method"], "lr": row["lr"], "steps": row["best_steps"]}
     if row["method"] == "sparsefit":
         preset["components"] = row["components"]
     else:
@@ -333,12 +404,13 @@ def write_outputs(out: Path, ranked: list[dict[str, Any]]) -> None:
 
 def format_ranked(ranked: Sequence[dict[str, Any]]) -> str:
     def num(value, digits=1):
-        return "n/a" if value is None else f"{value:.{digits}f}"
-    header = ["rank", "method", "components / budget", "lr", "trainable %", "rung", "steps", "episodes",
-              "accuracy", "nBERTScore", "seconds"]
+        return "" if value is None else f"{value:.{digits}f}"
+    header = ["rank", "method", "components / budget", "lr", "trainable %", "rung", "episodes", "best steps",
+              "val label acc", "val loss", "gen accuracy", "nBERTScore", "seconds"]
     lines = [[str(r["rank"]), r["method"], r["components"] or f"{100 * r['budget']:g}%", f"{r['lr']:g}",
-              num(r["trainable_percent"], 3), str(r["rung"]), str(r["steps"]), str(r["episodes"]),
-              num(r["accuracy"]), num(r["nbertscore"]), num(r["seconds"], 0)] for r in ranked]
+              num(r["trainable_percent"], 3), str(r["rung"]), str(r["episodes"]), f"{r['best_steps']}/{r['steps']}",
+              num(r["val_accuracy"]), num(r["val_loss"], 3), num(r["accuracy"]), num(r["nbertscore"]),
+              num(r["seconds"], 0)] for r in ranked]
     widths = [max(len(c) for c in column) for column in zip(header, *lines)]
     render = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, lines)])
@@ -346,13 +418,13 @@ def format_ranked(ranked: Sequence[dict[str, Any]]) -> str:
 
 # --- CLI -------------------------------------------------------------------------------------------------
 def parse_rungs(text: str) -> tuple[Rung, ...]:
-    """'20:1,60:2' -> two rungs: 20 steps on 1 episode, then 60 steps on 2."""
+    """'10:1,30:2' -> two rungs: 10 steps on 1 episode, then 30 steps on 2 (other) episodes."""
     try:
         rungs = tuple(Rung(*(int(x) for x in part.split(":"))) for part in text.split(",") if part.strip())
     except (TypeError, ValueError):
         rungs = ()
     if not rungs or any(r.steps < 1 or r.episodes < 1 for r in rungs):
-        raise SparseFitError(f"--rungs must look like '20:1,60:2' (steps:episodes per rung), got {text!r}",
+        raise SparseFitError(f"--rungs must look like '10:1,30:2' (steps:episodes per rung), got {text!r}",
                              field="--rungs")
     return rungs
 
@@ -380,7 +452,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     return SearchSettings(
         dataset=args.dataset, data_path=args.data_path, train_split=args.train_split, model=args.model,
         budget=parse_budget(args.budget, "--budget"), lrs=_floats(args.lrs, "--lrs"), rungs=parse_rungs(args.rungs),
-        keep=args.keep, n_train=args.n_train, n_val=args.n_val, validation_seeds=seeds,
+        keep=args.keep, check_every=args.check_every, all_specs=args.all_specs, n_train=args.n_train, n_val=args.n_val, validation_seeds=seeds,
         components=tuple(s.strip() for s in args.components.split(";") if s.strip()) if args.components else None,
         fish=not args.no_fish, exclude_eval_seeds=_ints(args.exclude_eval_of, "--exclude-eval-of"),
         eval_split=args.eval_split, n_eval=args.n_eval, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threads=args.threads)
@@ -395,8 +467,9 @@ def cmd_search(args: argparse.Namespace) -> None:
         out = models_dir() / "search" / f"{settings.dataset}-{Path(settings.model).name}"
     ranked = run_search(settings, out, progress=not args.quiet)
     print(format_ranked(ranked))
-    print(f"\nranked by rung reached, then mean validation accuracy, then nBERTScore (validation episodes from "
-          f"the '{settings.train_split}' split only)\ntable: {out / TABLE_FILE}\nbest: {out / BEST_FILE}  "
+    print(f"\nranked by rung reached, then validation label accuracy (teacher-forced, exact for greedy answers) at "
+          f"the best checkpoint, then validation loss; 'gen accuracy' and nBERTScore: generated answers at the last "
+          f"rung's end (validation episodes from the '{settings.train_split}' split only)\ntable: {out / TABLE_FILE}\nbest: {out / BEST_FILE}  "
           f"(--method {ranked[0]['method']} --method-option preset={out / BEST_FILE})")
 
 
@@ -407,10 +480,15 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--train-split", default="train", help="validation episodes are drawn from this split only")
     p.add_argument("--model", default="default")
     p.add_argument("--budget", default="5%", help="largest trainable share, e.g. 5%% or 0.05 (default 5%%)")
-    p.add_argument("--lrs", default="1e-4,3e-4", help="learning rates to try (comma list)")
-    p.add_argument("--rungs", default="20:1,60:2", help="steps:episodes per successive-halving rung")
+    p.add_argument("--lrs", default="3e-4,1e-3", help="learning rates to try (comma list)")
+    p.add_argument("--rungs", default="10:1,30:2,60:3",
+                   help="steps:episodes per successive-halving rung (each rung on fresh validation episodes)")
     p.add_argument("--keep", type=float, default=1 / 3, help="share of candidates kept after each rung")
+    p.add_argument("--check-every", type=int, default=10,
+                   help="score a teacher-forced checkpoint every N steps; the best one sets the preset's steps")
     p.add_argument("--components", help="';'-separated component specs to try instead of the built-in list")
+    p.add_argument("--all-specs", action="store_true",
+                   help="also try each spec without the norms when its ',ln' variant is a candidate")
     p.add_argument("--no-fish", action="store_true", help="leave out Fisher-mask candidates")
     p.add_argument("--n-train", type=int, help="shots per validation episode (default: the dataset's FEB setting)")
     p.add_argument("--n-val", type=int, default=24, help="validation examples per episode")

@@ -10,7 +10,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +95,8 @@ def seq2seq_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     return F.cross_entropy(out.logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
 
 
-def causal_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross-entropy on target tokens, with the LM head applied only where a target is predicted."""
+def causal_target_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and gold ids at the target positions only (row by row), with the LM head applied only there."""
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
@@ -105,7 +105,86 @@ def causal_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits.float(), targets[keep])
+    return logits, targets[keep]
+
+
+def causal_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy on target tokens."""
+    logits, gold = causal_target_logits(model, batch)
+    return F.cross_entropy(logits.float(), gold)
+
+
+@dataclass
+class ValidationScore:
+    """Teacher-forced validation: one forward pass per batch, no generation.
+
+    `label_accuracy`: % of examples whose greedy answer would start with the gold target's label, " because"
+    and a new word (the argmax at every position of that span equals the gold token, and the next argmax
+    starts a word: greedy decoding conditions on its own previous tokens, which then are the gold ones, so
+    this is exact; an answer that spells the label with other tokens counts as wrong). `loss`: mean
+    cross-entropy per target token (label and explanation).
+    """
+    label_accuracy: float
+    loss: float
+    matches: list[bool] = field(default_factory=list)  # per example: greedy would start with the gold span
+
+
+def label_span_length(backbone: Backbone, target_text: str, answer_ids: Sequence[int]) -> int:
+    """Tokens of `answer_ids` that spell the label and " because" (at least one)."""
+    from sparsefit.prompts import EXPLANATION_SEP, causal_target
+    head = target_text.split(EXPLANATION_SEP)[0] + EXPLANATION_SEP.rstrip()
+    head_ids = _encode_plain(backbone.tokenizer, causal_target(head) if not backbone.is_seq2seq else head)
+    common = 0
+    for a, b in zip(head_ids, answer_ids):
+        if a != b:
+            break
+        common += 1
+    return max(1, common)
+
+
+@torch.no_grad()
+def validation_score(backbone: Backbone, model: nn.Module, inputs: Sequence[str], targets: Sequence[str],
+                     config: TrainConfig, batch_size: int = 8) -> ValidationScore:
+    """Label accuracy (exact for greedy decoding) and target loss on (input, target) pairs, in one pass."""
+    encoded = encode_training_pairs(backbone, inputs, targets, config)
+    spans = [label_span_length(backbone, t, [i for i in e["labels"] if i != IGNORE]) for e, t in zip(encoded, targets)]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    matches: list[bool] = []
+    loss_sum, tokens = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(chunk, backbone.tokenizer.pad_token_id, backbone.is_seq2seq).items()}
+        logits, gold = _target_logits(backbone, model, batch)
+        loss_sum += F.cross_entropy(logits.float(), gold, reduction="sum").item()
+        tokens += gold.numel()
+        predicted, gold = logits.argmax(-1).tolist(), gold.tolist()
+        offset = 0
+        for e, span in zip(chunk, spans[start:start + batch_size]):
+            n = sum(1 for i in e["labels"] if i != IGNORE)
+            span = min(span, n)
+            same = predicted[offset:offset + span] == gold[offset:offset + span]
+            # after "because" greedy must go on with a word (" the ..."), not glue on ("becausee")
+            matches.append(same and (span == n or _starts_a_word(backbone.tokenizer, predicted[offset + span])))
+            offset += n
+    model.train(was_training)
+    return ValidationScore(label_accuracy=100.0 * sum(matches) / max(1, len(encoded)),
+                           loss=loss_sum / max(1, tokens), matches=matches)
+
+
+def _starts_a_word(tokenizer, token_id: int) -> bool:
+    piece = tokenizer.convert_ids_to_tokens(token_id) or ""
+    return piece.startswith(("\u2581", "\u0120", " "))  # SentencePiece ▁, byte-level BPE Ġ, plain space
+
+
+def _target_logits(backbone: Backbone, model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Logits and gold ids at every target position, row by row in order (padding and prompt left out)."""
+    if not backbone.is_seq2seq:
+        return causal_target_logits(model, batch)
+    logits = model(**batch).logits
+    keep = batch["labels"] != IGNORE
+    return logits[keep], batch["labels"][keep]
 
 
 def default_loss_for(backbone: Backbone):
@@ -206,11 +285,12 @@ def _check_finite(loss: torch.Tensor, step: int, lr: float) -> None:
 
 def train(backbone: Backbone, method: SparseMethod, model: nn.Module, inputs: Sequence[str],
           targets: Sequence[str], config: TrainConfig, *, progress: bool = True,
-          compile: bool | str = False) -> TrainResult:
+          compile: bool | str = False, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Fine-tune `model` (already prepared by `method`) on (input, target) text pairs, in place.
 
     The model's device and dtype are used as they are. `compile`: run the loss under torch.compile
-    (True: the default inductor backend; a string: that torch.compile backend).
+    (True: the default inductor backend; a string: that torch.compile backend). `on_step(step)` is called
+    after each optimizer step (e.g. to score a checkpoint; the model is put back in training mode after it).
     """
     from tqdm import tqdm
     if not inputs:
@@ -247,6 +327,9 @@ def train(backbone: Backbone, method: SparseMethod, model: nn.Module, inputs: Se
         memory.sample()
         bar.update()
         bar.set_postfix(loss=f"{value:.3f}")
+        if on_step is not None:
+            on_step(step)
+            model.train()
     bar.close()
     model.eval()
     result.steps = config.steps

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _settings(model: str, **extra) -> SearchSettings:
     base = dict(dataset="sample-nli", model=model, budget=0.2, lrs=(1e-2,), components=("ln", "self.q,ln"),
-                rungs=(Rung(2, 1), Rung(3, 2)), keep=0.5, n_train=9, n_val=3, validation_seeds=(11, 12),
+                rungs=(Rung(2, 1), Rung(3, 2)), keep=0.5, n_train=9, n_val=3, validation_seeds=(11, 12, 13),
                 max_new_tokens=6, threads=1)
     return SearchSettings(**{**base, **extra})
 
@@ -44,6 +44,12 @@ def test_search_ranks_resumes_and_writes_a_usable_preset(tmp_path, model):
     assert all(0 < r["trainable_percent"] <= 20.0 + 1e-6 for r in ranked)
     trials = _lines(out / TRIALS_FILE)
     assert len(trials) == 3 + 2 * 2
+    # each rung draws fresh validation episodes; only the last rung generates answers
+    assert {t["seed"] for t in trials if t["steps"] == 2} == {11}
+    assert {t["seed"] for t in trials if t["steps"] == 3} == {12, 13}
+    assert all(t["accuracy"] is None for t in trials if t["steps"] == 2)
+    assert all(t["accuracy"] is not None and t["nbertscore"] is not None for t in trials if t["steps"] == 3)
+    assert all([c["steps"] for c in t["checkpoints"]] == [t["steps"]] for t in trials)  # check_every 10 > steps
     assert (out / TABLE_FILE).read_text().startswith("rank,")
 
     # validation examples come from the training split, disjoint from the shots of the same episode
@@ -126,3 +132,49 @@ def test_cli_search_error_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "no candidate subset fits the budget" in result.stderr
+
+
+def test_checkpoints_choose_the_steps_of_the_preset(tmp_path):
+    """With a checkpoint every step, the preset's steps are those of the best mean checkpoint of the last rung."""
+    from sparsefit.search import best_checkpoint
+    settings = _settings("tiny-causal", components=("ln",), fish=False, rungs=(Rung(4, 2),), check_every=1)
+    ranked = run_search(settings, tmp_path / "s", progress=False)
+    trials = _lines(tmp_path / "s" / TRIALS_FILE)
+    assert all([c["steps"] for c in t["checkpoints"]] == [1, 2, 3, 4] for t in trials)
+    steps, accuracy, loss = best_checkpoint(trials)
+    means = {k: (sum(c["label_accuracy"] for t in trials for c in t["checkpoints"] if c["steps"] == k) / 2,
+                 sum(c["val_loss"] for t in trials for c in t["checkpoints"] if c["steps"] == k) / 2)
+             for k in range(1, 5)}
+    assert means[steps][0] == max(m[0] for m in means.values()) and accuracy == pytest.approx(means[steps][0])
+    assert loss == min(m[1] for m in means.values() if m[0] == means[steps][0])
+    assert ranked[0]["best_steps"] == steps
+    assert json.loads((tmp_path / "s" / BEST_FILE).read_text())["steps"] == steps
+
+
+@pytest.mark.parametrize("model,lr,steps", [("tiny-causal", 3e-3, 80), ("tiny-t5", 1e-2, 40)])
+def test_teacher_forced_label_accuracy_equals_greedy_generation(model, lr, steps):
+    """The one-pass validation score says, per example, whether greedy decoding gets the label right (as parsed)."""
+    from sparsefit.data import load_examples
+    from sparsefit.generate import generate
+    from sparsefit.prompts import format_input, format_target, is_correct, parse_generation
+    from sparsefit.train import train, validation_score
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    backbone = load_backbone(model)
+    examples = load_examples("sample-nli", None, "train")[:12]
+    inputs, targets = [format_input(e) for e in examples], [format_target(e) for e in examples]
+    method = get_method("full")
+    model_ = method.prepare(backbone.model, backbone.arch)
+    config = TrainConfig(lr=lr, steps=steps // 2, batch_size=4, threads=1)
+    seen = []
+    for trained in (0, steps // 2, steps):  # untrained, half-trained (a mix, e.g. "becaused"), memorised
+        if trained:
+            train(backbone, method, model_, inputs, targets, config, progress=False)
+        result = validation_score(backbone, model_, inputs, targets, config)
+        texts = generate(backbone, model_, inputs, batch_size=4, max_new_tokens=24, progress=False)
+        greedy = [is_correct(parse_generation(t, e.dataset)[0], e.label, e.dataset) for t, e in zip(texts, examples)]
+        assert result.matches == greedy, (texts, [e.label for e in examples])
+        assert result.label_accuracy == pytest.approx(100 * sum(greedy) / len(greedy))
+        assert result.loss > 0
+        seen.append(sum(greedy))
+    assert seen[-1] > seen[0]  # the check is not vacuous: training made the model answer the gold labels
