@@ -1,7 +1,7 @@
 """Benchmark: `python -m sparsefit search` with its default settings (target: <= 30 minutes on 2 CPU cores).
 
     python bench/bench_search.py [--model default] [--dataset esnli --path ../shared/data/esnli --split dev]
-    python bench/bench_search.py --model tiny-causal --dataset sample-nli --split train   # smallest mode
+    python bench/bench_search.py --model tiny-causal --dataset sample-nli --split train --n-val 24  # smallest mode
 
 Runs the search in a fresh temporary folder (no resume) with the CLI's default budget, lrs, rungs and
 validation size, and prints candidates, trials, wall seconds and the ratio to the 30-minute target.
@@ -29,11 +29,13 @@ def main() -> None:
     parser.add_argument("--path", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "esnli"))
     parser.add_argument("--split", default="dev")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-val", help="validation examples per episode (the sample task has only 42 to spare)")
     args = parser.parse_args()
     search_parser = argparse.ArgumentParser()
     register_cli(search_parser.add_subparsers(dest="command"))
     argv = ["search", "--dataset", args.dataset, "--train-split", args.split, "--model", args.model,
-            "--threads", str(args.threads)] + (["--path", args.path] if args.dataset != "sample-nli" else [])
+            "--threads", str(args.threads)] + (["--path", args.path] if args.dataset != "sample-nli" else []) \
+        + (["--n-val", args.n_val] if args.n_val else [])
     settings = settings_from_args(search_parser.parse_args(argv))
     candidates = build_candidates(settings)
     with tempfile.TemporaryDirectory(prefix="bench-search-") as out:

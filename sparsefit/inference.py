@@ -21,14 +21,13 @@ INPUT_FIELDS = {
 
 
 def quickstart_config(device: str = "auto", dtype: str = "float32", compile: bool = False):
-    """The embedded default: Gemma-3-270M, the bundled sample NLI task, SparseFit's decoder-only preset.
-
-    Few steps so it runs in about two minutes on 2 CPU cores; the science check uses the full settings.
+    """The embedded default: Gemma-3-270M, the bundled sample NLI task, SparseFit with the decoder-only
+    preset and the lr and steps the subset search chose on e-SNLI dev (`DECODER_TRAINING`, docs/search.md).
     """
-    from sparsefit.config import RunConfig, TrainConfig
+    from sparsefit.config import DECODER_TRAINING, RunConfig, TrainConfig
     return RunConfig(dataset="sample-nli", data_path=None, train_split="train", eval_split="train",
                      model="default", method="sparsefit", method_options={"preset": "paper"}, seed=7004,
-                     n_train=48, n_eval=None, train=TrainConfig(lr=1e-3, steps=40, batch_size=4),
+                     n_train=48, n_eval=None, train=TrainConfig(**DECODER_TRAINING["sparsefit"]),
                      max_new_tokens=40, name="quickstart", device=device, dtype=dtype, compile=compile)
 
 
