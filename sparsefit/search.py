@@ -63,10 +63,10 @@ class SearchSettings:
     lrs: tuple[float, ...] = (3e-4, 1e-3)
     rungs: tuple[Rung, ...] = (Rung(10, 1), Rung(30, 2), Rung(60, 2))
     keep: float = 1 / 4
-    check_every: int = 10  # score a checkpoint every N steps (and at the end): the search also picks the steps
+    check_every: int = 20  # score a checkpoint every N steps (and at the end): the search also picks the steps
     all_specs: bool = False  # False: a spec is left out when the same spec plus the norms (",ln") is a candidate
     n_train: int | None = None
-    n_val: int = 96  # teacher-forced checks make a large sample cheap; 24 examples give a ±10-point SE
+    n_val: int = 48  # 24 examples give a ±10-point SE per episode; each check costs ~0.2 s per example
     validation_seeds: tuple[int, ...] = DEFAULT_VALIDATION_SEEDS
     components: tuple[str, ...] | None = None  # None: the built-in candidate list
     fish: bool = True
@@ -484,14 +484,14 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--rungs", default="10:1,30:2,60:2",
                    help="steps:episodes per successive-halving rung (each rung on fresh validation episodes)")
     p.add_argument("--keep", type=float, default=1 / 4, help="share of candidates kept after each rung (default 1/4)")
-    p.add_argument("--check-every", type=int, default=10,
+    p.add_argument("--check-every", type=int, default=20,
                    help="score a teacher-forced checkpoint every N steps; the best one sets the preset's steps")
     p.add_argument("--components", help="';'-separated component specs to try instead of the built-in list")
     p.add_argument("--all-specs", action="store_true",
                    help="also try each spec without the norms when its ',ln' variant is a candidate")
     p.add_argument("--no-fish", action="store_true", help="leave out Fisher-mask candidates")
     p.add_argument("--n-train", type=int, help="shots per validation episode (default: the dataset's FEB setting)")
-    p.add_argument("--n-val", type=int, default=96, help="validation examples per episode (default 96)")
+    p.add_argument("--n-val", type=int, default=48, help="validation examples per episode (default 48)")
     p.add_argument("--validation-seeds", help="comma list (default: the last FEB seeds)")
     p.add_argument("--exclude-eval-of", metavar="SEEDS",
                    help="seeds of the episodes you will report: their evaluation examples are removed from the "
