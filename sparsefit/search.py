@@ -29,7 +29,6 @@ best_preset.json (use with `--method <method> --method-option preset=<out>/best_
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
@@ -77,7 +76,8 @@ class SearchSettings:
     n_eval: int | None = None  # the reporting runs' eval size (default: FEB's)
     batch_size: int = 4
     max_new_tokens: int = 32
-    threads: int | None = None  # machine setting: not part of the setup fingerprint
+    threads: int | None = None  # machine settings: not part of the setup fingerprint
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def build_candidates(settings: SearchSettings) -> list[Candidate]:
 
 # --- setup and trials (resumable) -----------------------------------------------------------------------
 def setup_of(settings: SearchSettings, fingerprint: str, data_hash: str) -> dict[str, Any]:
-    setup = {k: v for k, v in asdict(settings).items() if k not in ("threads", "data_path")}
+    setup = {k: v for k, v in asdict(settings).items() if k not in ("threads", "device", "data_path")}
     setup["rungs"] = [[r["steps"], r["episodes"]] for r in setup["rungs"]]
     setup = json.loads(json.dumps({**setup, "model_fingerprint": fingerprint, "data_hash": data_hash}))
     setup["setup_id"] = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
@@ -250,9 +250,8 @@ def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, se
     from sparsefit.config import RunConfig, TrainConfig
     from sparsefit.episodes import sample_episode
     from sparsefit.experiments import seed_everything
-    from sparsefit.methods.base import count_parameters, get_method
     from sparsefit.prompts import format_input, format_target
-    from sparsefit.runner import method_train, predict_examples, prepare_with_examples, score
+    from sparsefit.runner import method_train, predict_examples, prepare_episode, score
     from sparsefit.train import validation_score
     started = time.perf_counter()
     episode = sample_episode(settings.dataset, pool, pool, seed, settings.n_train, settings.n_val)
@@ -260,14 +259,10 @@ def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, se
                        method_options=candidate.method_options(), seed=seed,
                        train=TrainConfig(lr=candidate.lr, steps=steps, batch_size=settings.batch_size, seed=seed,
                                          threads=settings.threads),
-                       max_new_tokens=settings.max_new_tokens)
+                       max_new_tokens=settings.max_new_tokens, device=settings.device)
     seed_everything(seed)
-    method = get_method(candidate.method, **candidate.method_options())
-    model = method.prepare(copy.deepcopy(backbone.model), backbone.arch)
-    total = count_parameters(model)[1]
-    if method.needs_data:
-        prepare_with_examples(backbone, method, model, episode.train, config.train)
-    trainable = method.trainable_count(model)
+    prepared = prepare_episode(config, episode, backbone)  # copy, place, prepare (+ Fisher pass for fish)
+    method, model = prepared.method, prepared.model
     val_inputs, val_targets = [format_input(e) for e in episode.eval], [format_target(e) for e in episode.eval]
     wanted, checkpoints = set(checkpoint_steps(steps, settings.check_every)), []
 
@@ -276,16 +271,16 @@ def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, se
             result = validation_score(backbone, model, val_inputs, val_targets, config.train)
             checkpoints.append({"steps": step, "label_accuracy": result.label_accuracy, "val_loss": result.loss})
 
-    result = method_train(backbone, method, model, episode.train, config.train, progress=False,
+    result = method_train(backbone, method, model, episode.train, prepared.train_config, progress=False,
                           on_step=score_checkpoint)
     accuracy = nbertscore = None
     if generate:
         _, generations = predict_examples(backbone, model, episode.eval, config, progress=False)
-        _, summary = score(episode.eval, generations, config)
+        _, summary = score(episode.eval, generations, config, prepared.device)
         accuracy, nbertscore = summary.get("accuracy"), summary.get("nbertscore")
     return {"candidate": candidate.key, "seed": seed, "steps": steps, "method": candidate.method,
             "components": candidate.components, "budget": candidate.budget, "lr": candidate.lr,
-            "trainable_percent": 100.0 * trainable / total, "checkpoints": checkpoints,
+            "trainable_percent": prepared.trainable_percent, "checkpoints": checkpoints,
             "accuracy": accuracy, "nbertscore": nbertscore,
             "last_loss": sum(result.losses[-5:]) / len(result.losses[-5:]),
             "n_val": len(episode.eval), "seconds": time.perf_counter() - started}
@@ -356,7 +351,7 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
                              f"got {len(settings.validation_seeds)}", field="--validation-seeds")
     candidates = build_candidates(settings)  # checks budget and components before loading anything big
     pool = search_pool(settings)
-    backbone = backbone or load_backbone(settings.model)
+    backbone = backbone or load_backbone(settings.model, device=settings.device)
     setup = setup_of(settings, backbone.fingerprint, data_hash(pool))
     check_or_write_setup(out, setup)
     done = read_trials(out, setup["setup_id"])
@@ -455,7 +450,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         keep=args.keep, check_every=args.check_every, all_specs=args.all_specs, n_train=args.n_train, n_val=args.n_val, validation_seeds=seeds,
         components=tuple(s.strip() for s in args.components.split(";") if s.strip()) if args.components else None,
         fish=not args.no_fish, exclude_eval_seeds=_ints(args.exclude_eval_of, "--exclude-eval-of"),
-        eval_split=args.eval_split, n_eval=args.n_eval, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threads=args.threads)
+        eval_split=args.eval_split, n_eval=args.n_eval, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threads=args.threads,
+        device=args.device)
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -501,6 +497,7 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--out", help="search folder (default models/search/<dataset>-<model>)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_search)

@@ -147,7 +147,8 @@ def validation_score(backbone: Backbone, model: nn.Module, inputs: Sequence[str]
                      config: TrainConfig, batch_size: int = 8) -> ValidationScore:
     """Label accuracy (exact for greedy decoding) and target loss on (input, target) pairs, in one pass."""
     encoded = encode_training_pairs(backbone, inputs, targets, config)
-    spans = [label_span_length(backbone, t, [i for i in e["labels"] if i != IGNORE]) for e, t in zip(encoded, targets)]
+    answers = [[i for i in e["labels"] if i != IGNORE] for e in encoded]
+    spans = [min(label_span_length(backbone, t, a), len(a)) for a, t in zip(answers, targets)]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -161,9 +162,8 @@ def validation_score(backbone: Backbone, model: nn.Module, inputs: Sequence[str]
         tokens += gold.numel()
         predicted, gold = logits.argmax(-1).tolist(), gold.tolist()
         offset = 0
-        for e, span in zip(chunk, spans[start:start + batch_size]):
-            n = sum(1 for i in e["labels"] if i != IGNORE)
-            span = min(span, n)
+        for answer, span in zip(answers[start:start + batch_size], spans[start:start + batch_size]):
+            n = len(answer)
             same = predicted[offset:offset + span] == gold[offset:offset + span]
             # after "because" greedy must go on with a word (" the ..."), not glue on ("becausee")
             matches.append(same and (span == n or _starts_a_word(backbone.tokenizer, predicted[offset + span])))
