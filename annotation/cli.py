@@ -88,9 +88,11 @@ def _study_list(args: argparse.Namespace) -> None:
     if not studies:
         print(f"no studies in {args.db}")
         return
-    print(f"{'id':<24} {'preset':<8} {'items':>5} {'annotators':>10}  created")
+    print(f"{'id':<24} {'status':<8} {'preset':<8} {'items':>5} {'annotators':>10} {'annotations':>13}  created")
     for s in studies:
-        print(f"{s['id']:<24} {s['preset']:<8} {s['items']:>5} {s['annotators']:>10}  {s['created_at']}")
+        done = f"{s['annotations_submitted']}/{s['items'] * s['annotators_per_item']}"  # submitted / needed
+        print(f"{s['id']:<24} {s['status']:<8} {s['preset']:<8} {s['items']:>5} {s['annotators']:>10} {done:>13}  "
+              f"{s['created_at']}")
 
 
 def _annotators_add(args: argparse.Namespace) -> None:

@@ -208,10 +208,11 @@ class Store:
 
     def studies(self) -> list[dict[str, Any]]:
         return self._rows(
-            "SELECT s.id, s.name, s.preset, s.created_at, s.items_per_page, s.annotators_per_item, "
+            "SELECT s.id, s.name, s.status, s.preset, s.created_at, s.items_per_page, s.annotators_per_item, "
             "(SELECT count(*) FROM items i WHERE i.study_id = s.id) AS items, "
-            "(SELECT count(*) FROM annotators a WHERE a.study_id = s.id) AS annotators "
-            "FROM studies s ORDER BY s.created_at")
+            "(SELECT count(*) FROM annotators a WHERE a.study_id = s.id) AS annotators, "
+            "(SELECT count(*) FROM assignments a WHERE a.study_id = s.id AND a.status = ?) AS annotations_submitted "
+            "FROM studies s ORDER BY s.created_at", [SUBMITTED])
 
     def study(self, study_id: str) -> dict[str, Any]:
         """The study row with `protocol` and `selection` parsed. The protocol never changes after creation

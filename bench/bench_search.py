@@ -10,6 +10,7 @@ validation size, and prints candidates, trials, wall seconds and the ratio to th
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -42,9 +43,17 @@ def main() -> None:
         started = time.perf_counter()
         ranked = run_search(settings, out, progress=True)
         seconds = time.perf_counter() - started
-        trials = sum(1 for _ in (Path(out) / "trials.jsonl").open())
+        trials = [json.loads(line) for line in (Path(out) / "trials.jsonl").open() if line.strip()]
+    per_rung: dict[int, list[float]] = {}
+    for trial in trials:  # a rung is known by its step count
+        per_rung.setdefault(trial["steps"], []).append(trial["seconds"])
+    for steps, times in sorted(per_rung.items()):
+        print(f"rung of {steps} steps: {len(times)} trials, {sum(times):.0f} s (trials {min(times):.0f}-{max(times):.0f} s)")
+    for row in ranked[:4]:
+        print(f"#{row['rank']} {row['candidate']}: rung {row['rung']}, val label accuracy {row['val_accuracy']:.1f} "
+              f"at {row['best_steps']} steps, val loss {row['val_loss']:.2f}")
     rows = [("model", args.model), ("budget", f"{100 * settings.budget:g}%"), ("candidates", len(candidates)),
-            ("trials", trials), ("best", ranked[0]["candidate"]), ("seconds", f"{seconds:.0f}"),
+            ("trials", len(trials)), ("best", ranked[0]["candidate"]), ("seconds", f"{seconds:.0f}"),
             ("target seconds", TARGET_SECONDS), ("ratio to target", f"{seconds / TARGET_SECONDS:.2f}")]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))

@@ -137,8 +137,13 @@ def sample_for(config: RunConfig):
 
 
 def prepare_episode(config: RunConfig, episode, backbone: Backbone, *,
-                    copy_model: Callable[[nn.Module], nn.Module] = copy.deepcopy) -> PreparedEpisode:
-    """Copy the base model (`copy_model`) and let the method freeze / wrap it, seeded by the episode seed."""
+                    copy_model: Callable[[nn.Module], nn.Module] = copy.deepcopy,
+                    data_choices: dict | None = None) -> PreparedEpisode:
+    """Copy the base model (`copy_model`) and let the method freeze / wrap it, seeded by the episode seed.
+
+    `data_choices`: a dict the caller keeps across episodes of one base model; a data-driven method's choice
+    (e.g. the Fisher mask) is stored there and reused for the same shots and key instead of recomputed.
+    """
     method = get_method(config.method, **config.method_options)
     train_config = config.train.resolved(backbone.arch.kind, config.method, method.training_defaults())
     if hasattr(method, "total_steps"):
@@ -149,7 +154,15 @@ def prepare_episode(config: RunConfig, episode, backbone: Backbone, *,
     torch.manual_seed(config.seed)  # adapter / score initialisation must not depend on what ran before
     model = method.prepare(model, backbone.arch)
     if method.needs_data:
-        prepare_with_examples(backbone, method, model, episode.train, train_config)
+        key = method.data_choice_key() if data_choices is not None else None
+        if key is not None:
+            key = (key, tuple(e.id for e in episode.train), train_config.seed, str(device), str(dtype))
+        if key is not None and key in data_choices:
+            method.reuse_data_choice(model, data_choices[key])
+        else:
+            prepare_with_examples(backbone, method, model, episode.train, train_config)
+            if key is not None:
+                data_choices[key] = method.data_choice()
     return PreparedEpisode(config=config, episode=episode, train_config=train_config, method=method, model=model,
                            device=device, dtype=dtype,
                            total=total, trainable=method.trainable_count(model))

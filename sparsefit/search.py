@@ -239,13 +239,32 @@ def checkpoint_steps(steps: int, every: int) -> list[int]:
     return sorted({*range(every, steps + 1, every), steps})
 
 
+_SIZE_FLAGS = {"n_train": "--n-train", "n_eval": "--n-val"}  # the sampler's names -> this command's flags
+
+
+def check_episode_sizes(settings: SearchSettings, pool: list) -> None:
+    """Fail before the model loads when the pool cannot give the validation episodes their sizes, naming the
+    search's flag (the sampler calls the validation sample n_eval)."""
+    from sparsefit.episodes import sample_episode
+    try:
+        sample_episode(settings.dataset, pool, pool, settings.validation_seeds[0], settings.n_train, settings.n_val)
+    except SparseFitError as err:
+        flag = _SIZE_FLAGS.get(err.field or "", err.field)
+        message = str(err).split(": ", 1)[-1] if err.field else str(err)
+        for name, option in _SIZE_FLAGS.items():
+            message = message.replace(name, option)
+        source = "the training split" + (" minus --exclude-eval-of" if settings.exclude_eval_seeds else "")
+        raise SparseFitError(f"{message} in the search pool ({len(pool)} examples: {source})", field=flag) from err
+
+
 def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, seed: int, steps: int, *,
-              generate: bool) -> dict:
+              generate: bool, data_choices: dict | None = None) -> dict:
     """Train the candidate on one validation episode's shots; score checkpoints on its validation sample.
 
     Each checkpoint gets a teacher-forced score (one forward pass: greedy label accuracy and target loss), so
     the search can pick the number of steps too. `generate`: also generate the validation answers at the end
-    (real accuracy and nBERTScore; the last rung does this).
+    (real accuracy and nBERTScore; the last rung does this). `data_choices`: shared by the trials of one rung,
+    so candidates that differ only in lr reuse one Fisher pass per episode (the mask does not depend on lr).
     """
     from sparsefit.config import RunConfig, TrainConfig
     from sparsefit.episodes import sample_episode
@@ -261,7 +280,8 @@ def run_trial(backbone, pool, settings: SearchSettings, candidate: Candidate, se
                                          threads=settings.threads),
                        max_new_tokens=settings.max_new_tokens, device=settings.device)
     seed_everything(seed)
-    prepared = prepare_episode(config, episode, backbone)  # copy, place, prepare (+ Fisher pass for fish)
+    # copy, place, prepare (+ the Fisher pass for fish, once per episode and budget)
+    prepared = prepare_episode(config, episode, backbone, data_choices=data_choices)
     method, model = prepared.method, prepared.model
     val_inputs, val_targets = [format_input(e) for e in episode.eval], [format_target(e) for e in episode.eval]
     wanted, checkpoints = set(checkpoint_steps(steps, settings.check_every)), []
@@ -351,6 +371,7 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
                              f"got {len(settings.validation_seeds)}", field="--validation-seeds")
     candidates = build_candidates(settings)  # checks budget and components before loading anything big
     pool = search_pool(settings)
+    check_episode_sizes(settings, pool)
     backbone = backbone or load_backbone(settings.model, device=settings.device)
     setup = setup_of(settings, backbone.fingerprint, data_hash(pool))
     check_or_write_setup(out, setup)
@@ -360,6 +381,7 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
     bar = tqdm(total=planned, desc="search", unit="trial", disable=not progress)
     last = len(settings.rungs) - 1
     for index, (rung, seeds) in enumerate(zip(settings.rungs, rung_seeds(settings))):
+        data_choices: dict = {}  # Fisher masks of this rung's episodes (each rung draws new ones)
         for candidate in alive:
             trials = []
             for seed in seeds:
@@ -367,7 +389,8 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
                 if trial is None:
                     bar.set_postfix_str(f"{candidate.key} {rung.steps} steps seed {seed}")
                     trial = {**run_trial(backbone, pool, settings, candidate, seed, rung.steps,
-                                         generate=index == last), "setup_id": setup["setup_id"]}
+                                         generate=index == last, data_choices=data_choices),
+                             "setup_id": setup["setup_id"]}
                     append_trial(out, trial)
                     done[(candidate.key, seed, rung.steps)] = trial
                 trials.append(trial)

@@ -42,6 +42,9 @@ def test_create_list_and_issue_links(tmp_path):
     assert len(urls) == 3 and {u.split("token=")[1] for u in urls} == tokens
     assert all(u.startswith("https://rate.example.org/?token=") for u in urls)
     assert "PROLIFIC_PID={{%PROLIFIC_PID%}}" in links.stderr
+    table = cli("study", "list", "--db", db).stdout.splitlines()
+    assert table[0].split()[:7] == ["id", "status", "preset", "items", "annotators", "annotations", "created"]
+    assert table[1].split()[:6] == ["my-study", "open", "evil", "6", "3", "0/12"]  # submitted / needed
     protocol = Store(db).study("my-study")["protocol"]
     assert [s["value"] for s in protocol["shortcomings"]][-1] == "none"  # evil's checklist is in the study
 

@@ -108,3 +108,25 @@ def test_default_budget_is_the_structural_presets_share(backbone):
     method = get_method("fish")
     method.prepare(copy.deepcopy(backbone.model), backbone.arch)
     assert method.k == round(structural / total * total)
+
+
+def test_a_shared_choice_cache_reuses_the_fisher_mask_only_for_the_same_shots_and_budget(backbone):
+    from sparsefit.runner import prepare_episode, sample_for
+    model_id = "tiny-t5" if backbone.arch.kind == "seq2seq" else "tiny-causal"
+    fresh = prepare_episode(_config(model_id), sample_for(_config(model_id)), backbone)  # no cache: own pass
+    choices: dict = {}
+    first = prepare_episode(_config(model_id), sample_for(_config(model_id)), backbone, data_choices=choices)
+    other_lr = _config(model_id)
+    other_lr.train = TrainConfig(lr=1e-3, steps=6, batch_size=4)
+    second = prepare_episode(other_lr, sample_for(other_lr), backbone, data_choices=choices)
+    assert len(choices) == 1  # the second candidate (another lr) reused the first one's mask
+    for prepared in (first, second):
+        assert prepared.method.indices.keys() == fresh.method.indices.keys()
+        assert all(torch.equal(prepared.method.indices[n], fresh.method.indices[n]) for n in fresh.method.indices)
+        trainable = {n for n, p in prepared.model.named_parameters() if p.requires_grad}
+        assert trainable == set(fresh.method.indices)  # the reused mask also wires the masked update
+    prepare_episode(_config(model_id, budget="4%"), sample_for(_config(model_id)), backbone, data_choices=choices)
+    other_shots = _config(model_id)
+    other_shots.seed = 99
+    prepare_episode(other_shots, sample_for(other_shots), backbone, data_choices=choices)
+    assert len(choices) == 3  # another budget and other shots are not served from the cache

@@ -113,6 +113,15 @@ def test_budget_nothing_fits_and_unknown_component_are_clear_errors():
         parse_rungs("20-1")
 
 
+def test_validation_sizes_the_pool_cannot_give_name_the_search_flags(tmp_path):
+    with pytest.raises(SparseFitError, match="field '--n-val': --n-val needs 500 examples labelled .* in the "
+                                             "search pool \\(90 examples: the training split\\)"):
+        run_search(_settings("tiny-causal", n_val=1500), tmp_path / "s", progress=False)
+    with pytest.raises(SparseFitError, match="field '--n-train': --n-train needs 100 examples"):
+        run_search(_settings("tiny-causal", n_train=300), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()  # refused before any folder or model
+
+
 def test_preset_file_errors_name_file_and_key(tmp_path):
     path = tmp_path / "preset.json"
     path.write_text(json.dumps({"components": "ln", "learning_rate": 1e-3}))

@@ -20,7 +20,7 @@ must be stable across `prepare` calls so `load_trained` finds them again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Hashable, Iterable
 
 import torch
 from torch import nn
@@ -60,6 +60,19 @@ class SparseMethod:
     def prepare_with_data(self, model: nn.Module, arch: Arch, batches: Iterable[dict[str, torch.Tensor]],
                           loss_fn: LossFn) -> None:
         """For `needs_data` methods: look at single-example training batches (with labels) before training."""
+
+    def data_choice_key(self) -> Hashable | None:
+        """What the data-driven choice depends on besides the shots and the base model (e.g. budget); None
+        when it cannot be reused. Lets a caller (the search) run `prepare_with_data` once per episode."""
+        return None
+
+    def data_choice(self) -> Any:
+        """The choice `prepare_with_data` made, to hand to `reuse_data_choice` on a fresh copy of the model."""
+        raise NotImplementedError
+
+    def reuse_data_choice(self, model: nn.Module, choice: Any) -> None:
+        """Apply an earlier `data_choice()` (same key, same shots, same base model) instead of computing it."""
+        raise NotImplementedError
 
     def trainable_count(self, model: nn.Module) -> int:
         """Number of trained values (a masked method trains fewer than its trainable tensors hold)."""

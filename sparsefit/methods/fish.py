@@ -89,6 +89,16 @@ class FisherMask(SparseMethod):
         del fisher
         self._train_only_chosen(model)
 
+    def data_choice_key(self) -> tuple:
+        return ("fish", self.k, self.options["exclude"], self.options["fisher_examples"])
+
+    def data_choice(self) -> dict[str, torch.Tensor]:
+        return dict(self.indices)
+
+    def reuse_data_choice(self, model: nn.Module, choice: dict[str, torch.Tensor]) -> None:
+        self.indices = dict(choice)
+        self._train_only_chosen(model)
+
     def fisher_scores(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                       loss_fn: LossFn) -> dict[str, torch.Tensor]:
         """Mean squared per-example gradient of every candidate weight (eval mode: no dropout noise)."""
