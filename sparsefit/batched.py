@@ -194,7 +194,7 @@ def clip_per_episode(stacked: Sequence[torch.Tensor], max_norm: float) -> None:
 
 def _optimizer(params: list[torch.Tensor], train_config, device: torch.device):
     from sparsefit import train as train_module
-    make = getattr(train_module, "make_optimizer", None)  # the shared (fused on CUDA) AdamW, where present
+    make = getattr(train_module, "make_optimizer", None)  # the shared (fused) AdamW, where present
     if make is not None:
         return make(params, train_config, device)
     return torch.optim.AdamW(params, lr=train_config.lr, weight_decay=train_config.weight_decay)

@@ -224,13 +224,13 @@ class MemoryMeter:
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; fused into one kernel per step on CUDA. The CPU keeps torch's default implementation."""
-    if device.type == "cuda":
-        try:
-            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-        except (RuntimeError, ValueError):  # a parameter dtype the fused kernel lacks: the default still works
-            pass
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    """AdamW fused into one kernel per step, on CUDA and on the CPU. On the CPU torch's default (one tensor at
+    a time) takes 4.5x as long per step over Gemma's 94M non-embedding weights, 0.34 s against 0.08 s at one
+    thread (`bench/bench_optimizer.py`): a tenth of a `fish` or full fine-tuning step."""
+    try:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype the fused kernel lacks: the default still works
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 class CompiledLoss:

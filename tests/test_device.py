@@ -127,10 +127,22 @@ def test_compiled_training_gives_the_eager_losses():
     assert _train_losses(backbone, "eager") == pytest.approx(_train_losses(backbone), rel=1e-6)
 
 
-def test_optimizer_is_unchanged_on_cpu():
-    param = torch.nn.Parameter(torch.zeros(3))
-    optimizer = make_optimizer([param], TrainConfig(lr=1e-3), torch.device("cpu"))
-    assert not optimizer.defaults.get("fused")
+def test_fused_cpu_optimizer_takes_the_default_adamw_steps():
+    start = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    grads = [torch.randn(64, 32, generator=torch.Generator().manual_seed(s)) for s in range(1, 6)]
+    results = {}
+    for name in ("fused", "default"):
+        param = torch.nn.Parameter(start.clone())
+        config = TrainConfig(lr=1e-2, weight_decay=0.01)
+        optimizer = make_optimizer([param], config, torch.device("cpu")) if name == "fused" else \
+            torch.optim.AdamW([param], lr=config.lr, weight_decay=config.weight_decay)
+        assert bool(optimizer.defaults.get("fused")) == (name == "fused")
+        for grad in grads:
+            param.grad = grad.clone()
+            optimizer.step()
+        results[name] = param.detach()
+    assert not torch.equal(results["fused"], start)
+    torch.testing.assert_close(results["fused"], results["default"], rtol=1e-6, atol=1e-7)
 
 
 # --- on a GPU (skipped on CPU-only machines) ---------------------------------------------------------------
