@@ -60,8 +60,8 @@ class SearchSettings:
     model: str = "default"
     budget: float = 0.05  # fraction of all parameters
     lrs: tuple[float, ...] = (3e-4, 1e-3)
-    rungs: tuple[Rung, ...] = (Rung(10, 1), Rung(30, 2), Rung(60, 2))
-    keep: float = 1 / 4
+    rungs: tuple[Rung, ...] = (Rung(10, 1), Rung(30, 2), Rung(50, 2))
+    keep: float = 1 / 5  # 14 candidates -> 3 -> 1: sized so a search that keeps fish to the end fits 30 min
     check_every: int = 20  # score a checkpoint every N steps (and at the end): the search also picks the steps
     all_specs: bool = False  # False: a spec is left out when the same spec plus the norms (",ln") is a candidate
     n_train: int | None = None
@@ -500,9 +500,9 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--budget", default="5%", help="largest trainable share, e.g. 5%% or 0.05 (default 5%%)")
     p.add_argument("--lrs", default="3e-4,1e-3", help="learning rates to try (comma list)")
-    p.add_argument("--rungs", default="10:1,30:2,60:2",
+    p.add_argument("--rungs", default="10:1,30:2,50:2",
                    help="steps:episodes per successive-halving rung (each rung on fresh validation episodes)")
-    p.add_argument("--keep", type=float, default=1 / 4, help="share of candidates kept after each rung (default 1/4)")
+    p.add_argument("--keep", type=float, default=1 / 5, help="share of candidates kept after each rung (default 1/5)")
     p.add_argument("--check-every", type=int, default=20,
                    help="score a teacher-forced checkpoint every N steps; the best one sets the preset's steps")
     p.add_argument("--components", help="';'-separated component specs to try instead of the built-in list")
