@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsefit.errors import SparseFitError
+from sparsefit.train import make_optimizer
 
 BATCHABLE_METHODS = ("sparsefit", "ln_tuning", "lora")
 PARTIAL_SUFFIX = ".partial"
@@ -192,14 +193,6 @@ def clip_per_episode(stacked: Sequence[torch.Tensor], max_norm: float) -> None:
         g.mul_(coef.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
 
 
-def _optimizer(params: list[torch.Tensor], train_config, device: torch.device):
-    from sparsefit import train as train_module
-    make = getattr(train_module, "make_optimizer", None)  # the shared (fused) AdamW, where present
-    if make is not None:
-        return make(params, train_config, device)
-    return torch.optim.AdamW(params, lr=train_config.lr, weight_decay=train_config.weight_decay)
-
-
 # --- one group ----------------------------------------------------------------------------------------------
 def _check_group(prepared: Sequence[Any]) -> None:
     first = prepared[0]
@@ -233,7 +226,7 @@ class StackedTrainer:
         if not seq2seq and any(m is template.get_output_embeddings() for m in self.routing.modules()):
             raise NotBatchable("the LM head is trained: a decoder-only loss applies it to target tokens only, "
                                "which cannot be routed per episode")
-        self.optimizer = _optimizer(list(self.stacked.values()), train_config, device)
+        self.optimizer = make_optimizer(list(self.stacked.values()), train_config)
 
     def active(self):
         import contextlib

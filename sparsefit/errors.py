@@ -6,12 +6,13 @@ from __future__ import annotations
 class SparseFitError(Exception):
     """A problem the user can act on: bad data file, bad config, wrong base model, diverged training.
 
-    Where the problem is located in a file, pass `path`, `line` and `field` so the message names them.
+    Where the problem is located in a file, pass `path`, `line` and `field` so the message names them;
+    `message` keeps the text without them, for a caller that re-raises it under another name.
     """
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
                  field: str | None = None):
-        self.path, self.line, self.field = path, line, field
+        self.message, self.path, self.line, self.field = message, path, line, field
         super().__init__(with_location(message, path=path, line=line, field=field))
 
 

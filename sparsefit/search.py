@@ -250,7 +250,7 @@ def check_episode_sizes(settings: SearchSettings, pool: list) -> None:
         sample_episode(settings.dataset, pool, pool, settings.validation_seeds[0], settings.n_train, settings.n_val)
     except SparseFitError as err:
         flag = _SIZE_FLAGS.get(err.field or "", err.field)
-        message = str(err).split(": ", 1)[-1] if err.field else str(err)
+        message = err.message
         for name, option in _SIZE_FLAGS.items():
             message = message.replace(name, option)
         source = "the training split" + (" minus --exclude-eval-of" if settings.exclude_eval_seeds else "")

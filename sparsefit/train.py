@@ -223,7 +223,7 @@ class MemoryMeter:
         return self.peak / 2**20
 
 
-def make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW fused into one kernel per step, on CUDA and on the CPU. On the CPU torch's default (one tensor at
     a time) takes 4.5x as long per step over Gemma's 94M non-embedding weights, 0.34 s against 0.08 s at one
     thread (`bench/bench_optimizer.py`): a tenth of a `fish` or full fine-tuning step."""
@@ -303,7 +303,7 @@ def train(backbone: Backbone, method: SparseMethod, model: nn.Module, inputs: Se
         raise SparseFitError(f"method '{method.name}' left no trainable parameter")
     device = next(model.parameters()).device
     encoded = encode_training_pairs(backbone, inputs, targets, config)
-    optimizer = make_optimizer(params, config, device)
+    optimizer = make_optimizer(params, config)
     loss_fn = default_loss_for(backbone)
     if compile:
         loss_fn = CompiledLoss(loss_fn, "inductor" if compile is True else compile)

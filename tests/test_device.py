@@ -134,7 +134,7 @@ def test_fused_cpu_optimizer_takes_the_default_adamw_steps():
     for name in ("fused", "default"):
         param = torch.nn.Parameter(start.clone())
         config = TrainConfig(lr=1e-2, weight_decay=0.01)
-        optimizer = make_optimizer([param], config, torch.device("cpu")) if name == "fused" else \
+        optimizer = make_optimizer([param], config) if name == "fused" else \
             torch.optim.AdamW([param], lr=config.lr, weight_decay=config.weight_decay)
         assert bool(optimizer.defaults.get("fused")) == (name == "fused")
         for grad in grads:
@@ -150,7 +150,7 @@ def test_fused_cpu_optimizer_takes_the_default_adamw_steps():
 @pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
 def test_optimizer_is_fused_on_cuda():
     param = torch.nn.Parameter(torch.zeros(3, device="cuda"))
-    assert make_optimizer([param], TrainConfig(lr=1e-3), torch.device("cuda")).defaults["fused"] is True
+    assert make_optimizer([param], TrainConfig(lr=1e-3)).defaults["fused"] is True
 
 
 @pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
