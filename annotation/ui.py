@@ -495,14 +495,6 @@ def _base_url(request: gr.Request | None, configured: str) -> str:
     return f"{scheme}://{host}"
 
 
-def _client(request: gr.Request | None) -> str:
-    """The address a lock-out applies to (the proxy's X-Forwarded-For first hop when behind one)."""
-    if request is None:
-        return ""
-    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
-    return forwarded or (request.client.host if request.client else "")
-
-
 def error_text(err: AnnotationError) -> str:
     """What a person reads: the reason, plus file and line when the problem sits in a file."""
     return str(err) if err.path else err.reason[:1].upper() + err.reason[1:]
@@ -754,6 +746,10 @@ def _demo_call(action: Callable[[Callable | None], Any], model: str, allowed: li
 
 
 def _client(request: gr.Request | None) -> str:
+    """The address that admin lock-outs and demo rate limits count against: the socket peer as uvicorn
+    reports it. uvicorn replaces it by the X-Forwarded-For client only when the peer is a trusted proxy
+    (FORWARDED_ALLOW_IPS, default 127.0.0.1 and ::1), so a header sent from anywhere else changes nothing;
+    reading the header here would let a participant start a fresh lock-out count with each made-up address."""
     return (request.client.host if request and request.client else "") or "unknown"
 
 

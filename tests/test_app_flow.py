@@ -204,6 +204,18 @@ def test_demo_requests_are_rate_limited_per_client():
     assert worker._process is None  # refused before any model process was started
 
 
+def test_lockouts_and_rate_limits_count_the_socket_peer_not_a_sent_header():
+    """A participant who sends a made-up X-Forwarded-For with every try must not start a fresh count each
+    time: only uvicorn's proxy handling (for trusted proxies) may change the address."""
+    import gradio as gr
+    from starlette.requests import Request
+    from annotation.ui import _client
+    seen = {_client(gr.Request(Request({"type": "http", "headers": [(b"x-forwarded-for", f"6.6.6.{i}".encode())],
+                                        "client": ("10.0.0.2", 40000 + i)}))) for i in range(5)}
+    assert seen == {"10.0.0.2"}
+    assert _client(None) == "unknown"
+
+
 def post(app, route: str, body) -> tuple[int, dict]:
     import urllib.error
     import urllib.request
