@@ -89,31 +89,41 @@ class AdminGate:
         return bool(attempt and stored and verify_secret(attempt, stored))
 
     def require(self, attempt: str | None, client: str = "") -> None:
-        """Raise AnnotationError (field "password") for a wrong password or a locked-out client."""
-        self._refuse_if_locked(client)
+        """Raise AnnotationError (field "password") for a wrong password or a locked-out client.
+
+        A try is counted before the (slow) hash check, so guesses sent in parallel cannot all slip past the
+        lock: the sixth concurrent try is refused without a check, and a failure never clears a lock."""
+        self._count_try(client)
         if self.ok(attempt):
             with self._lock:
                 self._failures.pop(client, None)
             return
         with self._lock:
-            count, _ = self._failures.get(client, (0, 0.0))
-            count += 1
-            locked_until = self.clock() + LOCKOUT_SECONDS if count >= MAX_WRONG_TRIES else 0.0
-            self._failures[client] = (0 if locked_until else count, locked_until)
+            tries, locked_until = self._failures.get(client, (1, 0.0))  # (1, 0): a success meanwhile reset it
+            if tries >= MAX_WRONG_TRIES and locked_until <= self.clock():
+                locked_until = self.clock() + LOCKOUT_SECONDS
+                self._failures[client] = (tries, locked_until)
         if locked_until:
             raise AnnotationError(f"wrong admin password, {MAX_WRONG_TRIES} times: sign-in is locked for "
                                   f"{LOCKOUT_SECONDS} seconds from your address", field="password")
-        left = MAX_WRONG_TRIES - count
+        left = MAX_WRONG_TRIES - tries
         raise AnnotationError(f"wrong admin password ({left} {'try' if left == 1 else 'tries'} left before a "
                               f"{LOCKOUT_SECONDS}-second lock-out)", field="password")
 
-    def _refuse_if_locked(self, client: str) -> None:
+    def _count_try(self, client: str) -> None:
+        """Count one try (wrong or still being checked) for the client, or refuse it while locked out."""
         with self._lock:
-            _, locked_until = self._failures.get(client, (0, 0.0))
-        wait = locked_until - self.clock()
-        if wait > 0:
-            raise AnnotationError(f"too many wrong passwords: try again in {math.ceil(wait)} seconds",
-                                  field="password")
+            tries, locked_until = self._failures.get(client, (0, 0.0))
+            now = self.clock()
+            if locked_until > now:
+                wait = locked_until - now
+            elif tries >= MAX_WRONG_TRIES and not locked_until:  # that many tries are still being checked
+                wait = LOCKOUT_SECONDS
+                self._failures[client] = (tries, now + wait)
+            else:
+                self._failures[client] = ((0 if locked_until else tries) + 1, 0.0)  # an expired lock: fresh count
+                return
+        raise AnnotationError(f"too many wrong passwords: try again in {math.ceil(wait)} seconds", field="password")
 
     def change(self, current: str, new: str, repeated: str, client: str = "") -> None:
         self.require(current, client)

@@ -71,6 +71,33 @@ def test_wrong_passwords_lock_out_one_client_for_a_minute(store):
         gate.require("wrong", "10.0.0.1")
 
 
+def test_parallel_wrong_passwords_get_no_more_than_five_checks(store):
+    """Guesses sent at once (the Admin and Results events run concurrently) must not all pass the lock-out
+    before the first failure is recorded: at most 5 are checked, the rest are refused, and the lock holds."""
+    import threading
+    admin.ensure_admin_secret(store, "right-password")
+    gate = admin.AdminGate(store)
+    start, messages = threading.Barrier(16), []
+
+    def guess(i: int) -> None:
+        start.wait()
+        try:
+            gate.require(f"guess-{i}", "10.0.0.9")
+        except AnnotationError as err:
+            messages.append(str(err))
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    checked = [m for m in messages if m.startswith("field 'password': wrong admin password")]
+    assert len(messages) == 16 and 1 <= len(checked) <= 5, messages
+    with pytest.raises(AnnotationError, match="try again in"):
+        gate.require("right-password", "10.0.0.9")
+    gate.require("right-password", "10.0.0.10")
+
+
 def test_change_password(store):
     admin.ensure_admin_secret(store, "old-password")
     gate = admin.AdminGate(store)
