@@ -439,8 +439,9 @@ class Store:
             self._hold(db, assignment, study)
             if not (answer or "").strip():
                 raise AnnotationError("choose an answer first", field="gate_answer")
-            gold = self.item(assignment.item_id)["gold_label"]
-            correct = answer.strip().lower() == gold.strip().lower()
+            item = self.item(assignment.item_id)
+            answer = _shown_option(study["protocol"], item, answer)
+            correct = answer.lower() == item["gold_label"].strip().lower()
             blocked = not correct and gate["policy"] == "block"
             now = self.clock()
             db.execute("UPDATE assignments SET gate_answer = ?, gate_correct = ? WHERE id = ?",
@@ -658,6 +659,18 @@ def select_items(records: list, *, only_correct: bool, per_label: int, seed: int
                  "labels": {f"{d}/{l}": len(g) for (d, l), g in sorted(groups.items())},
                  "labels_short_of_per_label": short}
     return chosen, selection
+
+
+def _shown_option(protocol: dict, item: dict, answer: str) -> str:
+    """The gate option the answer names (as shown); anything else is refused rather than stored."""
+    gate = protocol["resolved"]["gate_questions"].get(item["dataset"]) if protocol["gate"]["enabled"] else None
+    if gate is None:
+        raise AnnotationError("this study asks no task question", field="gate_answer")
+    options = gate.get("options_by_record", {}).get(item["record"]["id"], gate["options"])
+    chosen = next((o for o in options if o.strip().lower() == answer.strip().lower()), None)
+    if chosen is None:
+        raise AnnotationError("choose one of the answers shown", field="gate_answer")
+    return chosen
 
 
 def gate_questions(records: list, protocol: dict) -> dict[str, dict[str, Any]]:

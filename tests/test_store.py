@@ -260,6 +260,20 @@ def test_a_made_up_prolific_id_cannot_enter_without_the_study_key(tmp_path, pred
     assert flow.start(study=study, prolific_pid="P1", key=key)["assignment_id"] == first["assignment_id"]
 
 
+def test_gate_answers_outside_the_options_shown_are_refused_and_not_stored(tmp_path, predictions):
+    store = make_store(tmp_path)
+    study = store.create_study(predictions, StudySettings(per_label=3, items_per_page=10))
+    annotator = store.add_annotators(study, 1)[0]
+    assignment = store.next_assignment(annotator)
+    gold = store.item(assignment.item_id)["gold_label"]
+    for answer in ("x" * 100_000, "entailment; DROP TABLE ratings", gold + " "  + gold):
+        with pytest.raises(AnnotationError, match="choose one of the answers shown"):
+            store.answer_gate(annotator, assignment.id, answer)
+    assert store.assignment(annotator, assignment.id).gate_answer is None
+    answered = store.answer_gate(annotator, assignment.id, "  " + gold.upper() + " ")  # as shown, any case
+    assert answered.gate_answer == gold and answered.gate_correct == 1
+
+
 def test_no_completion_code_without_work(tmp_path, predictions):
     store = make_store(tmp_path)
     study = store.create_study(predictions, StudySettings(per_label=3, items_per_page=10))
@@ -282,7 +296,9 @@ def test_no_completion_code_without_work(tmp_path, predictions):
     other = store.add_annotators(small, 1)[0]
     for _ in range(2):
         a = store.next_assignment(other)
-        store.answer_gate(other, a.id, "definitely-wrong")
+        item = store.item(a.item_id)
+        options = store.study(small)["protocol"]["resolved"]["gate_questions"][item["dataset"]]["options"]
+        store.answer_gate(other, a.id, next(o for o in options if o != item["gold_label"]))
     done = flow.start(token=other.token)
     assert done["stage"] == "done" and done["completion_code"] == "" and done["progress"]["done"] == 2
     # real work earns a personal code, recorded on the annotator
