@@ -37,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--seed", type=int, default=0, help="selection seed")
     create.add_argument("--name", default=None, help="study name (default: the predictions file name)")
     create.add_argument("--max-signups", type=int, default=None,
-                        help="cap on open (Prolific) sign-ups for this study (default: no cap)")
+                        help="cap on open (Prolific) sign-ups (default: twice the annotators the study needs; "
+                             "0 = no cap)")
     create.add_argument("--max-field-chars", type=int, default=None,
                         help="longest text accepted in a predictions field (default 20000)")
     create.set_defaults(run=_study_create)
+    cap = study.add_parser("set-max-signups", help="change a study's cap on open (Prolific) sign-ups")
+    cap.add_argument("--db", required=True)
+    cap.add_argument("--study", required=True, help="study id (see `study list`)")
+    cap.add_argument("max_signups", type=int, help="the new cap (0 = no cap); who already signed up keeps access")
+    cap.set_defaults(run=_study_set_max_signups)
     listing = study.add_parser("list", help="list the studies in a database")
     listing.add_argument("--db", required=True)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -75,9 +81,18 @@ def _study_create(args: argparse.Namespace) -> None:
     print(f"created study {study_id}: {store.study_progress(study_id)['items']} items, preset "
           f"{study['preset']}, {study['annotators_per_item']} annotators per item, "
           f"{study['items_per_page']} items per annotator")
+    if study["max_signups"]:
+        print(f"open (Prolific) sign-ups capped at {study['max_signups']} (change: study set-max-signups)")
     short = study["selection"].get("labels_short_of_per_label")
     if short:
         print(f"note: fewer eligible records than --per-label for {short}")
+
+
+def _study_set_max_signups(args: argparse.Namespace) -> None:
+    store = Store(args.db)
+    store.set_max_signups(args.study, args.max_signups)
+    print(f"study {args.study}: " + (f"open sign-ups capped at {args.max_signups}" if args.max_signups
+                                     else "no cap on open sign-ups"))
 
 
 def _study_list(args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import random
 import re
 import secrets
@@ -76,7 +77,7 @@ class StudySettings:
     seed: int = 0
     name: str | None = None
     abandon_minutes: int = 30
-    max_signups: int | None = None  # cap on open (Prolific) sign-ups; None = no cap
+    max_signups: int | None = None  # cap on open (Prolific) sign-ups; None = 2 x the annotators needed; 0 = none
     max_field_chars: int | None = None  # longest string in a predictions record (None = the reader's default)
 
 
@@ -175,7 +176,7 @@ class Store:
         only_correct = bool(pick(settings.only_correct, "only_correct"))
         per_label = int(pick(settings.per_label, "per_label") or 0)
         for name, value in (("items_per_page", items_per_page), ("annotators_per_item", per_item),
-                            ("abandon_minutes", settings.abandon_minutes), ("max_signups", settings.max_signups or 1)):
+                            ("abandon_minutes", settings.abandon_minutes), ("max_signups", 1 if settings.max_signups == 0 else settings.max_signups or 1)):
             if value < 1:
                 raise AnnotationError(f"must be at least 1, got {value}", field=name)
         if per_label < 0:
@@ -186,6 +187,7 @@ class Store:
                                          seed=settings.seed, path=str(predictions_path))
         protocol["resolved"] = {"gate_questions": gate_questions(records, protocol)}
         name = settings.name or Path(predictions_path).stem
+        max_signups = signup_cap(settings.max_signups, len(chosen), per_item, items_per_page)
         with self.transaction() as db:
             study_id = slugify(name)
             while db["studies"].count_where("id = ?", [study_id]):
@@ -197,7 +199,7 @@ class Store:
                 (study_id, name, iso(self.clock()), protocol["name"], json.dumps(protocol),
                  str(Path(predictions_path).resolve()), file_sha256(predictions_path), items_per_page,
                  per_item, json.dumps({**selection, "seed": settings.seed}), settings.abandon_minutes,
-                 "SF-" + secrets.token_hex(8).upper(), "open", new_entry_key(), settings.max_signups))
+                 "SF-" + secrets.token_hex(8).upper(), "open", new_entry_key(), max_signups))
             db.conn.executemany(
                 "INSERT INTO items (id, study_id, record_id, position, dataset, gold_label, pred_label, "
                 "correct, model, method, record_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -205,6 +207,14 @@ class Store:
                   int(r.correct), r.model, r.method, json.dumps(r.to_json(), ensure_ascii=False))
                  for position, r in enumerate(chosen)])
         return study_id
+
+    def set_max_signups(self, study_id: str, max_signups: int) -> None:
+        """Change a study's cap on open sign-ups (0 = no cap); who already signed up keeps access."""
+        self.study(study_id)
+        if max_signups < 0:
+            raise AnnotationError(f"must be 0 (no cap) or more, got {max_signups}", field="max_signups")
+        with self.transaction() as db:
+            db.execute("UPDATE studies SET max_signups = ? WHERE id = ?", (max_signups or None, study_id))
 
     def studies(self) -> list[dict[str, Any]]:
         return self._rows(
@@ -671,6 +681,15 @@ def _shown_option(protocol: dict, item: dict, answer: str) -> str:
     if chosen is None:
         raise AnnotationError("choose one of the answers shown", field="gate_answer")
     return chosen
+
+
+def signup_cap(requested: int | None, items: int, per_item: int, items_per_page: int) -> int | None:
+    """The cap on open sign-ups: as requested (0 = none), else twice the annotators the study needs, so
+    participants who return a study leave room, but one participant with made-up PROLIFIC_PIDs cannot
+    hold every item."""
+    if requested is not None:
+        return requested or None
+    return 2 * max(1, math.ceil(items * per_item / max(1, items_per_page)))
 
 
 def gate_questions(records: list, protocol: dict) -> dict[str, dict[str, Any]]:

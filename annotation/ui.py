@@ -556,6 +556,8 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
                 per_label = gr.Number(2, label="Items per label (0 = all)", precision=0, minimum=0)
                 seed = gr.Number(0, label="Seed", precision=0)
                 abandon = gr.Number(30, label="Abandon after (minutes)", precision=0, minimum=1)
+                signups = gr.Textbox(label="Max Prolific sign-ups", placeholder="2 × needed (0: no cap)",
+                                     max_lines=1, elem_id="sf-admin-max-signups")
             only_correct = gr.Checkbox(True, label="Only correctly predicted items")
             name = gr.Textbox(label="Study name (optional; must be new)", elem_id="sf-admin-name", max_lines=1)
             create = gr.Button("Create study", variant="primary", elem_id="sf-admin-create")
@@ -630,7 +632,7 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
         return {**refresh(study_id), sign_in_note: message_html(f"Signed in. Database: {store.path}")}
 
     def create_study(request, uploaded, typed_path, preset_name, preset_upload, study_name, page, per, label_n,
-                     seed_n, minutes, correct_only):
+                     seed_n, minutes, signup_cap, correct_only):
         source = uploaded or (typed_path or "").strip()
         if not source:
             raise AnnotationError("upload a predictions file or give its path on the server", field="predictions")
@@ -643,10 +645,13 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
         study_id = store.create_study(source, StudySettings(
             preset=chosen_preset, items_per_page=int(page or 0), annotators_per_item=int(per or 0),
             only_correct=bool(correct_only), per_label=int(label_n or 0), seed=int(seed_n or 0),
-            name=(study_name or "").strip() or None, abandon_minutes=int(minutes or 0)))
+            name=(study_name or "").strip() or None, abandon_minutes=int(minutes or 0),
+            max_signups=_signup_cap(signup_cap)))
+        cap = store.study(study_id)["max_signups"]
         return {**refresh(study_id), create_note: message_html(
-            f"Created study {study_id} with {store.study_progress(study_id)['items']} items. "
-            "Add annotators under “Annotator links”.")}
+            f"Created study {study_id} with {store.study_progress(study_id)['items']} items"
+            + (f"; Prolific sign-ups capped at {cap}" if cap else "; no cap on Prolific sign-ups")
+            + ". Add annotators under “Annotator links”.")}
 
     def add_annotators(request, study_id, how_many, base):
         made = store.add_annotators(_need_study(study_id), int(how_many or 0))
@@ -697,7 +702,7 @@ def _admin_tab(store: Store, gate: admin.AdminGate, quickstart_predictions: Path
                        [password, study_choice], outputs, **PRIVATE)
     create.click(event(create_study, create_note), [password, upload, path_box, preset, preset_file, name,
                                                     items_per_page, per_item, per_label, seed, abandon,
-                                                    only_correct], outputs, **PRIVATE)
+                                                    signups, only_correct], outputs, **PRIVATE)
     add.click(event(add_annotators, add_note), [password, study_choice, count, base_box], outputs, **PRIVATE)
     export_button.click(event(export_study, export_note), [password, study_choice, fmt], outputs, **PRIVATE)
     for button, status, verb in ((close_button, "closed", "closed: annotators get no new items"),
@@ -743,6 +748,17 @@ def _demo_call(action: Callable[[Callable | None], Any], model: str, allowed: li
         return action(report)
     except AnnotationError as err:
         raise gr.Error(f"{model}: {err}") from err
+
+
+def _signup_cap(text: str | None) -> int | None:
+    """The Admin form's cap on Prolific sign-ups: empty = the default (twice the annotators needed)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise AnnotationError(f"write a whole number (0 = no cap) or leave it empty, not {text!r}",
+                              field="max_signups")
+    return int(text)
 
 
 def _client(request: gr.Request | None) -> str:

@@ -30,6 +30,9 @@ def test_create_list_and_issue_links(tmp_path):
                   "--name", "My Study")
     assert created.returncode == 0, created.stderr
     assert "created study my-study: 6 items, preset evil" in created.stdout
+    assert "sign-ups capped at 6" in created.stdout  # 2 x ceil(6 items x 2 per item / 5 per annotator)
+    raised = cli("study", "set-max-signups", "--db", db, "--study", "my-study", "40")
+    assert raised.returncode == 0 and "capped at 40" in raised.stdout and Store(db).study("my-study")["max_signups"] == 40
     listed = cli("study", "list", "--db", db, "--json")
     rows = json.loads(listed.stdout)
     assert [(r["id"], r["items"], r["annotators_per_item"], r["items_per_page"]) for r in rows] == \

@@ -312,8 +312,11 @@ def test_admin_panels_read_well_and_errors_sit_next_to_their_controls(served, br
     assert_near(page, "#sf-admin-create-msg", "#sf-admin-name")
     study_id = f"new-{width}"
     page.locator("#sf-admin-name input").fill(study_id)
+    assert page.locator("#sf-admin-max-signups").is_visible()  # empty by default: twice the annotators needed
+    assert "Max Prolific sign-ups" in page.locator("#sf-admin-max-signups").inner_text()
     page.locator("#sf-admin-create").click()
-    wait_text(page, "#sf-admin-create-msg", f"Created study {study_id}")
+    created = wait_text(page, "#sf-admin-create-msg", f"Created study {study_id}")
+    assert f"Prolific sign-ups capped at {store.study(study_id)['max_signups']}" in created
     assert_readable(page)
 
     # links

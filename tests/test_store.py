@@ -274,6 +274,27 @@ def test_gate_answers_outside_the_options_shown_are_refused_and_not_stored(tmp_p
     assert answered.gate_answer == gold and answered.gate_correct == 1
 
 
+def test_open_sign_ups_are_capped_at_twice_the_annotators_needed_by_default(tmp_path, predictions):
+    """A participant holds the study key: made-up PROLIFIC_PIDs must not let them take every item slot."""
+    store = make_store(tmp_path)
+    study = store.create_study(predictions, StudySettings(per_label=2, items_per_page=4, annotators_per_item=3))
+    items = store.study_progress(study)["items"]
+    needed = -(-items * 3 // 4)
+    assert store.study(study)["max_signups"] == 2 * needed
+    flow, key = AnnotatorFlow(store), store.study(study)["entry_key"]
+    views = [flow.start(study=study, prolific_pid=f"FAKE{i}", key=key) for i in range(2 * needed + 3)]
+    assert all(v["stage"] != "error" for v in views[:2 * needed])
+    assert all(v["stage"] == "error" and "full" in v["message"] for v in views[2 * needed:])
+    assert store.db["annotators"].count == 2 * needed
+    assert flow.start(study=study, prolific_pid="FAKE0", key=key)["stage"] != "error"  # who signed up comes back
+    store.set_max_signups(study, 0)  # the researcher lifts the cap
+    assert flow.start(study=study, prolific_pid="LATE", key=key)["stage"] != "error"
+    with pytest.raises(AnnotationError, match="must be 0"):
+        store.set_max_signups(study, -1)
+    uncapped = store.create_study(predictions, StudySettings(per_label=2, max_signups=0, name="uncapped"))
+    assert store.study(uncapped)["max_signups"] is None
+
+
 def test_no_completion_code_without_work(tmp_path, predictions):
     store = make_store(tmp_path)
     study = store.create_study(predictions, StudySettings(per_label=3, items_per_page=10))
