@@ -180,6 +180,9 @@ def error_view(message: str) -> dict[str, Any]:
 
 def _as_int(value: int | float | str) -> int:
     try:
-        return int(value)
-    except (TypeError, ValueError) as err:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError) as err:
         raise AnnotationError("missing or bad item number; reload the page", field="assignment_id") from err
+    if not 0 <= number < 2**63:  # SQLite's integers: anything else is no assignment (and would not bind)
+        raise AnnotationError("missing or bad item number; reload the page", field="assignment_id")
+    return number

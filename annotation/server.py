@@ -52,8 +52,8 @@ def json_routes(db_path: str | Path) -> list[APIRoute]:
             declared = request.headers.get("content-length", "0")
             if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:  # refuse before reading it
                 return JSONResponse(error_view("request too large"), status_code=413)
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:  # a chunked body has no length to check up front
+            body = await read_at_most(request, MAX_BODY_BYTES)  # a chunked body has no length to check up front
+            if body is None:
                 return JSONResponse(error_view("request too large"), status_code=413)
             args, problem = parse_body(name, body)
             if problem:
@@ -66,11 +66,22 @@ def json_routes(db_path: str | Path) -> list[APIRoute]:
             for name in calls]
 
 
+async def read_at_most(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes `limit` bytes (never held whole in memory)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def parse_body(name: str, body: bytes) -> tuple[dict[str, Any], str]:
     """The call's arguments from a JSON body, or a message saying what is wrong with it."""
     try:
         data = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, and integers of over 4,300 digits
         return {}, "the request body is not valid JSON"
     if not isinstance(data, dict):
         return {}, "the request body must be a JSON object"
@@ -81,13 +92,24 @@ def parse_body(name: str, body: bytes) -> tuple[dict[str, Any], str]:
             value = str(value)
         if not isinstance(value, str):
             return {}, f"field '{field}' must be a string"
+        if not _is_text(value):
+            return {}, f"field '{field}' is not valid text"
         args[field] = value
     for field in LIST_FIELDS.get(name, ()):
         value = data.get(field) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, str) and _is_text(v) for v in value):
             return {}, f"field '{field}' must be a list of strings"
         args[field] = value
     return args, ""
+
+
+def _is_text(value: str) -> bool:
+    """False for a lone UTF-16 surrogate ("\\ud800" in JSON), which SQLite cannot store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def serve(demo, db_path: str | Path, *, host: str = "127.0.0.1", port: int = 7860,

@@ -219,7 +219,7 @@ def test_lockouts_and_rate_limits_count_the_socket_peer_not_a_sent_header():
 def post(app, route: str, body) -> tuple[int, dict]:
     import urllib.error
     import urllib.request
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = json.dumps(body).encode() if isinstance(body, dict) else body  # bytes, or chunks sent chunked
     request = urllib.request.Request(app["url"] + "api/annotator/" + route, data=data,
                                      headers={"Content-Type": "application/json"})
     try:
@@ -248,6 +248,12 @@ def test_the_json_routes_run_the_same_flow(app):
     assert post(app, "submit", b"[1, 2")[0] == 400
     assert post(app, "submit", {"token": 5})[0] == 400
     assert post(app, "start", b"x" * 70_000)[0] == 413
+    assert post(app, "start", (b"x" * 1000 for _ in range(200)))[0] == 413  # chunked: no Content-Length
+    assert post(app, "gate", b'{"token": "\\ud800"}') == (400, {"ok": False, "stage": "error",
+                                                               "message": "field 'token' is not valid text"})
+    assert post(app, "gate", b'{"token": ' + b"1" * 5000 + b"}")[0] == 400  # past Python's 4,300 digits
+    status, huge = post(app, "gate", {"token": token, "assignment_id": 2**64, "answer": "x"})
+    assert status == 200 and "bad item number" in huge["message"]
     status, fake = post(app, "start", {"study": study, "prolific_pid": "made-up"})
     assert status == 200 and fake["stage"] == "error"
 
