@@ -208,8 +208,11 @@ def fields_html(fields: list[dict[str, str]]) -> str:
 
 
 def launch_options() -> dict[str, Any]:
-    """What `demo.launch` needs besides host/port (Gradio 6 takes css/js there)."""
-    return {"css": CSS, "js": KEYBOARD_JS, "theme": gr.themes.Soft()}  # max_file_size: annotation.server.serve
+    """What `demo.launch` needs besides host/port (Gradio 6 takes css/js there). No run history: Gradio 6
+    would keep every call's inputs in the browser (the admin password, annotator tokens), readable at
+    /gradio_api/runs by the next person on a shared computer."""
+    return {"css": CSS, "js": KEYBOARD_JS, "theme": gr.themes.Soft(),
+            "run_history": False}  # max_file_size: annotation.server.serve
 
 
 def build_app(db_path: str | Path, admin_password: str | None = None, *, models_dir: str | Path | None = None,
@@ -231,7 +234,8 @@ def build_app(db_path: str | Path, admin_password: str | None = None, *, models_
     if generated:  # only when the caller skipped ensure_admin_secret on a new database
         print(f"Admin password (generated once, stored hashed in {store.path}): {generated}", flush=True)
     gate = admin.AdminGate(store)
-    with gr.Blocks(title="SparseFit: explanations") as demo:
+    # uploads and exports in Gradio's cache are deleted after a day (a study keeps its records in the database)
+    with gr.Blocks(title="SparseFit: explanations", delete_cache=(3600, 86400)) as demo:
         if banner is not None:
             _banner(demo, banner)
         with gr.Tabs(selected="demo" if with_demo else "annotate") as tabs:

@@ -248,6 +248,9 @@ def test_the_json_routes_run_the_same_flow(app):
     assert post(app, "submit", b"[1, 2")[0] == 400
     assert post(app, "submit", {"token": 5})[0] == 400
     assert post(app, "start", b"x" * 70_000)[0] == 413
+    import urllib.request
+    with urllib.request.urlopen(app["url"] + "config", timeout=30) as reply:  # inputs are not kept in browsers
+        assert json.loads(reply.read())["run_history"] is False
     assert post(app, "start", (b"x" * 1000 for _ in range(200)))[0] == 413  # chunked: no Content-Length
     assert post(app, "gate", b'{"token": "\\ud800"}') == (400, {"ok": False, "stage": "error",
                                                                "message": "field 'token' is not valid text"})
