@@ -565,7 +565,10 @@ class Store:
                 "items_complete": sum(r["done"] >= target for r in per_item),
                 "annotations_submitted": sum(r["done"] for r in per_item),
                 "annotations_needed": len(per_item) * target, "ratings": ratings,
-                "annotators": self.db["annotators"].count_where("study_id = ?", [study_id])}
+                "annotators": self.db["annotators"].count_where("study_id = ?", [study_id]),
+                "prolific_signups": self.db["annotators"].count_where("study_id = ? AND source = 'prolific'",
+                                                                      [study_id]),
+                "max_signups": study["max_signups"]}
 
     # ---------------------------------------------------------------- study lifecycle and app settings
     # (a separate block: the admin side. open -> closed -> open again, or -> archived; delete only unrated)

@@ -525,7 +525,8 @@ def overview_html(study: dict[str, Any], progress: dict[str, Any]) -> str:
             + bar("Items complete", progress["items_complete"], progress["items"])
             + bar("Annotations submitted", progress["annotations_submitted"], progress["annotations_needed"])
             + f"<div>{_count(progress['annotators'], 'annotator')} · "
-              f"{_count(progress['ratings'], 'explanation rating')}</div></div>")
+              f"{_count(progress['ratings'], 'explanation rating')} · Prolific sign-ups "
+              f"{progress['prolific_signups']} / {progress['max_signups'] or 'no cap'}</div></div>")
 
 
 def _count(number: int, noun: str) -> str:

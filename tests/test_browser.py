@@ -287,6 +287,8 @@ def test_admin_panels_read_well_and_errors_sit_next_to_their_controls(served, br
     page.get_by_role("option", name=re.compile(r"^rated · open")).click()
     wait_text(page, "#sf-admin-overview", "preset feb · 10 items per annotator · 2 annotators per item")
     assert page.locator("#sf-admin-overview progress").count() == 2
+    rated = store.study(next(s["id"] for s in store.studies() if s["name"] == "rated"))
+    assert f"Prolific sign-ups 0 / {rated['max_signups'] or 'no cap'}" in page.locator("#sf-admin-overview").inner_text()
     table = page.locator("#sf-admin-annotators")
     rows_shown = "document.querySelector('#sf-admin-annotators [role=grid]')?.getAttribute('aria-rowcount')"
     page.wait_for_function(f"{rows_shown} === '4'")  # the header and one row per annotator
