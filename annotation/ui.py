@@ -787,11 +787,11 @@ def _banner(demo: gr.Blocks, text: Callable[[], str]) -> None:
     demo.load(refresh, None, [line, timer], **PRIVATE)
 
 
-def _run_label(run: str, models_dir: Path) -> str:
+def _run_name(run: str, models_dir: Path) -> str:
     try:
-        return f"run: {Path(run).relative_to(models_dir)}"
+        return Path(run).relative_to(models_dir).as_posix()
     except ValueError:
-        return f"run: {run}"
+        return Path(run).name
 
 
 def _field_label(name: str) -> str:
@@ -810,11 +810,16 @@ def base_model_hint(model_name: str | None) -> str:
 def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
     gr.Markdown("Type an input and see the model's predicted label and explanation. The first use loads the "
                 "model (about a minute for the default).")
+    def run_paths() -> dict[str, str]:
+        """Menu value -> run folder. Values are paths under models/ ("runs/quickstart"), so the page and the
+        API never show where the server keeps its files."""
+        return {_run_name(path, models_dir): path for path in list_runs(models_dir)}
+
     def model_menu() -> tuple[list, str]:
-        runs = list_runs(models_dir)
-        quickstart = next((r for r in runs if Path(r).name == "quickstart"), None)
+        names = list(run_paths())
+        quickstart = next((n for n in names if Path(n).name == "quickstart"), None)
         # the base model is not fine-tuned to explain; the quickstart run is, so it is the default when present
-        return BUILTIN_MODELS + [(_run_label(r, models_dir), r) for r in runs], quickstart or "default"
+        return BUILTIN_MODELS + [(f"run: {name}", name) for name in names], quickstart or "default"
 
     with gr.Row():
         choices, chosen = model_menu()
@@ -835,7 +840,10 @@ def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
         raw = gr.Textbox(label="Raw generation", interactive=False)
 
     def allowed() -> list[str]:
-        return BUILTIN_MODELS + list_runs(models_dir)
+        return BUILTIN_MODELS + list(run_paths())
+
+    def path_of(model_name: str) -> str:
+        return run_paths().get(model_name, model_name)
 
     def field_names(task: str) -> list[str]:
         return INPUT_FIELDS.get(task, ["input"])
@@ -848,7 +856,8 @@ def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
 
     def load_model(model_name: str, request: gr.Request, progress=gr.Progress()) -> str:
         """demo_load_model: load (and cache) a model in the worker process; returns a status line."""
-        _demo_call(lambda report: worker.load(model_name, _client(request), report), model_name, allowed(), progress)
+        _demo_call(lambda report: worker.load(path_of(model_name), _client(request), report), model_name, allowed(),
+                   progress)
         return f"Loaded **{model_name}**."
 
     def run(model_name: str, task: str, f1: str, f2: str, f3: str, f4: str, f5: str, f6: str,
@@ -860,7 +869,7 @@ def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
         missing = [name for name, text in inputs.items() if not text]
         if missing:
             raise gr.Error(f"fill in: {', '.join(missing)}")
-        result = _demo_call(lambda report: worker.predict(model_name, task, inputs, _client(request), report),
+        result = _demo_call(lambda report: worker.predict(path_of(model_name), task, inputs, _client(request), report),
                             model_name, allowed(), progress)
         return result["label"], result["explanation"], result.get("prompt", ""), result.get("raw_generation", "")
 

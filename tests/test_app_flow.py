@@ -193,6 +193,21 @@ def test_demo_predicts_with_the_tiny_model(app):
     assert "sparsefit-demo" in {p.name for p in multiprocessing.active_children()}  # the model is not in here
 
 
+def test_demo_menu_names_runs_by_their_place_under_models_not_by_server_path(app):
+    """The menu's values are what API callers see and pass: "runs/x", never the server's absolute path."""
+    from gradio_client.exceptions import AppError
+    run = app["predictions"].parent / "models" / "runs" / "named"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "manifest.json").write_text("{}", encoding="utf-8")
+    (run / "delta.safetensors").write_bytes(b"")
+    api = client(app)
+    with pytest.raises(AppError, match="unknown model"):
+        api.predict(str(run), api_name="/demo_load_model")
+    with pytest.raises(AppError) as refused:  # allowed; this empty run then fails to load, under its menu name
+        api.predict("runs/named", api_name="/demo_load_model")
+    assert "unknown model" not in str(refused.value) and "runs/named" in str(refused.value)
+
+
 def test_demo_requests_are_rate_limited_per_client():
     from annotation.errors import AnnotationError
     from annotation.workers import DemoWorker, RateLimiter
