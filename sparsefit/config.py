@@ -15,8 +15,8 @@ from sparsefit.errors import SparseFitError
 
 # REFERENCE §1: AdamW, lr 3e-5 constant, no warmup, weight decay 0, 300 steps at batch 4.
 PAPER_T5_TRAINING = {"lr": 3e-5, "steps": 300, "batch_size": 4}
-# A 270M decoder-only model needs a higher lr (REFERENCE §1). SparseFit's lr, steps and subset (`self.q,ln`)
-# were chosen by `python -m sparsefit search` on 6 e-SNLI dev validation episodes (docs/search.md); the
+# A 270M decoder-only model needs a higher lr (REFERENCE §1). SparseFit's lr, steps and subset (`self.v,ln`)
+# were chosen by `python -m sparsefit search` on 5 e-SNLI dev validation episodes (docs/search.md); the
 # other methods' settings are common defaults.
 DECODER_TRAINING = {
     "sparsefit": {"lr": 3e-4, "steps": 50, "batch_size": 4},

@@ -6,7 +6,7 @@ gradient of that example's training loss. The k weights with the largest score o
 (one global top-k) form a fixed mask; training updates only them.
 
 - `budget`: k as a share of *all* parameters ("1%", 0.01). Default: the same share as the structural
-  paper preset on this backbone (decoder-only `self.q,ln` is about 4.4% of Gemma-3-270M), so the two are
+  paper preset on this backbone (decoder-only `self.v,ln` is about 1.1% of Gemma-3-270M), so the two are
   compared at equal size.
 - `exclude`: components never chosen (component grammar of sparsefit.methods.selection); default
   `embed,lm_head` (frozen, as in the paper; on tied models they are one matrix).
