@@ -176,11 +176,13 @@ class Store:
         only_correct = bool(pick(settings.only_correct, "only_correct"))
         per_label = int(pick(settings.per_label, "per_label") or 0)
         for name, value in (("items_per_page", items_per_page), ("annotators_per_item", per_item),
-                            ("abandon_minutes", settings.abandon_minutes), ("max_signups", 1 if settings.max_signups == 0 else settings.max_signups or 1)):
+                            ("abandon_minutes", settings.abandon_minutes)):
             if value < 1:
                 raise AnnotationError(f"must be at least 1, got {value}", field=name)
         if per_label < 0:
             raise AnnotationError(f"must be 0 (all) or more, got {per_label}", field="per_label")
+        if settings.max_signups is not None:
+            _check_signup_cap(settings.max_signups)
 
         records = read_records(predictions_path, max_field_chars=settings.max_field_chars)
         chosen, selection = select_items(records, only_correct=only_correct, per_label=per_label,
@@ -211,8 +213,7 @@ class Store:
     def set_max_signups(self, study_id: str, max_signups: int) -> None:
         """Change a study's cap on open sign-ups (0 = no cap); who already signed up keeps access."""
         self.study(study_id)
-        if max_signups < 0:
-            raise AnnotationError(f"must be 0 (no cap) or more, got {max_signups}", field="max_signups")
+        _check_signup_cap(max_signups)
         with self.transaction() as db:
             db.execute("UPDATE studies SET max_signups = ? WHERE id = ?", (max_signups or None, study_id))
 
@@ -684,6 +685,11 @@ def _shown_option(protocol: dict, item: dict, answer: str) -> str:
     if chosen is None:
         raise AnnotationError("choose one of the answers shown", field="gate_answer")
     return chosen
+
+
+def _check_signup_cap(value: int) -> None:
+    if value < 0:
+        raise AnnotationError(f"must be 0 (no cap) or more, got {value}", field="max_signups")
 
 
 def signup_cap(requested: int | None, items: int, per_item: int, items_per_page: int) -> int | None:

@@ -839,11 +839,10 @@ def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
         prompt = gr.Textbox(label="Prompt", interactive=False)
         raw = gr.Textbox(label="Raw generation", interactive=False)
 
-    def allowed() -> list[str]:
-        return BUILTIN_MODELS + list(run_paths())
-
-    def path_of(model_name: str) -> str:
-        return run_paths().get(model_name, model_name)
+    def allowed_and_path(model_name: str) -> tuple[list[str], str]:
+        """The names a request may use and the folder (or built-in name) this one names: one scan of models/."""
+        paths = run_paths()
+        return BUILTIN_MODELS + list(paths), paths.get(model_name, model_name)
 
     def field_names(task: str) -> list[str]:
         return INPUT_FIELDS.get(task, ["input"])
@@ -856,8 +855,8 @@ def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
 
     def load_model(model_name: str, request: gr.Request, progress=gr.Progress()) -> str:
         """demo_load_model: load (and cache) a model in the worker process; returns a status line."""
-        _demo_call(lambda report: worker.load(path_of(model_name), _client(request), report), model_name, allowed(),
-                   progress)
+        allowed, path = allowed_and_path(model_name)
+        _demo_call(lambda report: worker.load(path, _client(request), report), model_name, allowed, progress)
         return f"Loaded **{model_name}**."
 
     def run(model_name: str, task: str, f1: str, f2: str, f3: str, f4: str, f5: str, f6: str,
@@ -869,8 +868,9 @@ def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
         missing = [name for name, text in inputs.items() if not text]
         if missing:
             raise gr.Error(f"fill in: {', '.join(missing)}")
-        result = _demo_call(lambda report: worker.predict(path_of(model_name), task, inputs, _client(request), report),
-                            model_name, allowed(), progress)
+        allowed, path = allowed_and_path(model_name)
+        result = _demo_call(lambda report: worker.predict(path, task, inputs, _client(request), report),
+                            model_name, allowed, progress)
         return result["label"], result["explanation"], result.get("prompt", ""), result.get("raw_generation", "")
 
     def refresh_menu():

@@ -316,6 +316,12 @@ def test_admin_panels_read_well_and_errors_sit_next_to_their_controls(served, br
     page.locator("#sf-admin-name input").fill(study_id)
     assert page.locator("#sf-admin-max-signups").is_visible()  # empty by default: twice the annotators needed
     assert "Max Prolific sign-ups" in page.locator("#sf-admin-max-signups").inner_text()
+    cap_box = page.locator("#sf-admin-max-signups textarea, #sf-admin-max-signups input").first
+    cap_box.fill("lots")
+    page.locator("#sf-admin-create").click()
+    wait_text(page, "#sf-admin-create-msg", "write a whole number (0 = no cap) or leave it empty")
+    assert_near(page, "#sf-admin-create-msg", "#sf-admin-create")
+    cap_box.fill("")
     page.locator("#sf-admin-create").click()
     created = wait_text(page, "#sf-admin-create-msg", f"Created study {study_id}")
     assert f"Prolific sign-ups capped at {store.study(study_id)['max_signups']}" in created

@@ -291,6 +291,8 @@ def test_open_sign_ups_are_capped_at_twice_the_annotators_needed_by_default(tmp_
     assert flow.start(study=study, prolific_pid="LATE", key=key)["stage"] != "error"
     with pytest.raises(AnnotationError, match="must be 0"):
         store.set_max_signups(study, -1)
+    with pytest.raises(AnnotationError, match="must be 0"):
+        store.create_study(predictions, StudySettings(per_label=2, max_signups=-1, name="negative"))
     uncapped = store.create_study(predictions, StudySettings(per_label=2, max_signups=0, name="uncapped"))
     assert store.study(uncapped)["max_signups"] is None
 

@@ -16,8 +16,9 @@ The subset is written in a small component grammar, comma-separated, e.g. "self.
 
 Prefix `enc.` or `dec.` restricts a token to the encoder or decoder (T5). Presets (REFERENCE §4):
 `paper` = T5 `self.k,ln`; decoder-only `self.v,ln` (searched; was `self.q,ln`). A preset may also be a
-JSON file (what `python -m sparsefit search` writes as best_preset.json): {"method": "sparsefit", "components": "self.v,ln",
-"lr": 1e-4, "steps": 150}; its lr and steps apply unless the run config sets them.
+JSON file (what `python -m sparsefit search` writes as best_preset.json):
+{"method": "sparsefit", "components": "self.v,ln", "lr": 1e-4, "steps": 150}; its lr and steps apply unless
+the run config sets them.
 """
 
 from __future__ import annotations
