@@ -108,6 +108,10 @@ def test_default_budget_is_the_structural_presets_share(backbone):
     method = get_method("fish")
     method.prepare(copy.deepcopy(backbone.model), backbone.arch)
     assert method.k == round(structural / total * total)
+    # and its training settings on a decoder are the structural default's, the ones its reported runs used
+    from sparsefit.config import TrainConfig
+    settings = {kind: TrainConfig().resolved("causal", kind) for kind in ("fish", "sparsefit")}
+    assert (settings["fish"].lr, settings["fish"].steps) == (settings["sparsefit"].lr, settings["sparsefit"].steps)
 
 
 def test_a_shared_choice_cache_reuses_the_fisher_mask_only_for_the_same_shots_and_budget(backbone):
