@@ -11,6 +11,7 @@ from torch import nn
 
 from sparsefit.errors import SparseFitError
 from sparsefit.methods.base import SparseMethod, get_method
+from sparsefit.methods.selection import preset_digest
 
 DELTA_FILE = "delta.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -49,6 +50,12 @@ def write_manifest(out_dir: str | Path, method: SparseMethod, manifest: dict[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {**manifest, "method": method.name, "selection": method.selection(), "versions": library_versions()}
+    loading = method.loading_options()
+    if loading is not None:
+        manifest["loading_options"] = loading
+    digest = preset_digest(manifest.get("method_options") or {})
+    if digest:
+        manifest["preset_sha256"] = digest
     path = out / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     return path
@@ -83,7 +90,8 @@ def load_delta(run_dir: str | Path, backbone=None, *, device=None, dtype=None, p
             f"{manifest['base_fingerprint']}), but the loaded base {backbone.model_id!r} has fingerprint "
             f"{backbone.fingerprint}; load it onto the same base weights", path=str(run_dir / MANIFEST_FILE),
             field="base_fingerprint")
-    method = get_method(manifest["method"], **manifest.get("method_options", {}))
+    # a preset file as it resolved at training time: the file itself may have moved or changed since
+    method = get_method(manifest["method"], **(manifest.get("loading_options") or manifest.get("method_options", {})))
     if hasattr(method, "total_steps") and "train" in manifest:
         method.total_steps = manifest["train"].get("steps", method.total_steps)
     model = method.prepare(backbone.model, backbone.arch)

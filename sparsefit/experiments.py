@@ -141,11 +141,28 @@ def finished_result(folder: Path, config: Any) -> dict[str, Any] | None:
         if _comparable(stored) != _comparable(json.loads(json.dumps(config.to_dict(), default=str))):
             raise SparseFitError("this folder holds a finished episode of a different configuration; use another "
                                  "--out or remove the folder", path=str(stored_config))
+    check_preset_unchanged(folder, config)
     try:
         return json.loads(results_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SparseFitError(f"unreadable results ({err}); remove the folder to rerun the episode",
                              path=str(results_path)) from err
+
+
+def check_preset_unchanged(folder: Path, config: Any) -> None:
+    """A finished episode names its preset file by path: refuse to reuse it next to new episodes once the
+    file says something else (e.g. a search rerun into the same folder rewrote best_preset.json)."""
+    from sparsefit.checkpoint import MANIFEST_FILE
+    from sparsefit.methods.selection import preset_digest
+    now = preset_digest(config.method_options)
+    manifest_path = folder / MANIFEST_FILE
+    if now is None or not manifest_path.exists():
+        return
+    then = json.loads(manifest_path.read_text(encoding="utf-8")).get("preset_sha256")
+    if then and then != now:
+        raise SparseFitError(f"the preset file {config.method_options['preset']} changed since this episode ran; "
+                             "use another --out (or --name), or remove the folder to rerun it",
+                             path=str(manifest_path), field="preset_sha256")
 
 
 EpisodeFn = Callable[..., dict]

@@ -146,6 +146,7 @@ def prepare_episode(config: RunConfig, episode, backbone: Backbone, *,
     """
     method = get_method(config.method, **config.method_options)
     train_config = config.train.resolved(backbone.arch.kind, config.method, method.training_defaults())
+    method.check_training(train_config)
     if hasattr(method, "total_steps"):
         method.total_steps = train_config.steps
     device, dtype = resolve_placement(config.device, config.dtype)

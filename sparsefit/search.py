@@ -9,8 +9,11 @@ masks) at the whole budget. Each is crossed with the learning-rate grid.
 
 Validation episodes come from the training split only: for each validation seed, `sample_episode` draws
 the shots and a disjoint validation sample from the *training* pool. Evaluation examples are never read.
-(If you report on the same split you search on, as with e-SNLI dev, search with other seeds than the ones
-you report: the default validation seeds are the last FEB seeds, the reported ones are the first.)
+If you report on the same split you search on (e-SNLI dev here), other seeds are not enough: two seeds'
+samples of one pool overlap. Pass `--exclude-eval-of` the reported seeds (and the reported runs' settings
+where they differ from the defaults: `--eval-split`, `--n-eval`, `--report-train-split`, `--report-n-train`):
+their evaluation examples are rebuilt exactly as `run` draws them and removed from the search pool. The
+default validation seeds are the last FEB seeds, the reported ones usually the first.
 
 Successive halving: rung r trains every surviving candidate for `steps_r` steps on `episodes_r` fresh
 validation episodes (no rung reuses another's). Every `check_every` steps a checkpoint is scored in one
@@ -74,6 +77,10 @@ class SearchSettings:
     exclude_eval_seeds: tuple[int, ...] = ()
     eval_split: str | None = None  # the reporting runs' eval split (default: train_split)
     n_eval: int | None = None  # the reporting runs' eval size (default: FEB's)
+    # the reporting runs' shots: they are drawn before the eval sample, so they move it (defaults: the search's
+    # train split, FEB's shot count; not the search's --n-train)
+    report_train_split: str | None = None
+    report_n_train: int | None = None
     batch_size: int = 4
     max_new_tokens: int = 32
     threads: int | None = None  # machine settings: not part of the setup fingerprint
@@ -147,8 +154,22 @@ def structural_candidates(model_id: str, budget: float, specs: Sequence[str] | N
     return fitting
 
 
+def check_fish_fits(model_id: str, budget: float) -> None:
+    """Fail before anything trains when the Fisher candidate's budget exceeds the weights it may choose (the
+    frozen embedding is most of a small decoder), instead of after every structural candidate's first rung."""
+    from sparsefit.backbones import meta_model
+    from sparsefit.methods import get_method
+    model, arch = meta_model(model_id)
+    try:
+        get_method("fish", budget=budget).prepare(model, arch)
+    except SparseFitError as err:
+        raise SparseFitError(f"{err.message}; lower --budget or pass --no-fish", field="--budget") from None
+
+
 def build_candidates(settings: SearchSettings) -> list[Candidate]:
     structural = structural_candidates(settings.model, settings.budget, settings.components, settings.all_specs)
+    if settings.fish:
+        check_fish_fits(settings.model, settings.budget)
     out = []
     for lr in settings.lrs:
         out += [Candidate("sparsefit", lr, components=spec, trainable_percent=100 * share)
@@ -161,6 +182,9 @@ def build_candidates(settings: SearchSettings) -> list[Candidate]:
 # --- setup and trials (resumable) -----------------------------------------------------------------------
 def setup_of(settings: SearchSettings, fingerprint: str, data_hash: str) -> dict[str, Any]:
     setup = {k: v for k, v in asdict(settings).items() if k not in ("threads", "device", "data_path")}
+    for key in ("report_train_split", "report_n_train"):  # unset: as before they existed (folders stay resumable)
+        if setup[key] is None:
+            del setup[key]
     setup["rungs"] = [[r["steps"], r["episodes"]] for r in setup["rungs"]]
     setup = json.loads(json.dumps({**setup, "model_fingerprint": fingerprint, "data_hash": data_hash}))
     setup["setup_id"] = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
@@ -223,12 +247,15 @@ def search_pool(settings: SearchSettings) -> list:
     pool = load_examples(settings.dataset, settings.data_path, settings.train_split)
     if not settings.exclude_eval_seeds:
         return pool
-    eval_split = settings.eval_split or settings.train_split
-    eval_pool = pool if eval_split == settings.train_split else \
-        load_examples(settings.dataset, settings.data_path, eval_split)
+    def split(name: str) -> list:
+        return pool if name == settings.train_split else load_examples(settings.dataset, settings.data_path, name)
+
+    report_train = split(settings.report_train_split or settings.train_split)
+    eval_pool = split(settings.eval_split or settings.train_split)
     hidden: set[str] = set()
     for seed in settings.exclude_eval_seeds:
-        episode = sample_episode(settings.dataset, pool, eval_pool, seed, settings.n_train, settings.n_eval)
+        episode = sample_episode(settings.dataset, report_train, eval_pool, seed, settings.report_n_train,
+                                 settings.n_eval)
         hidden |= {e.id for e in episode.eval}
     return [e for e in pool if e.id not in hidden]
 
@@ -395,7 +422,9 @@ def run_search(settings: SearchSettings, out: str | Path, *, progress: bool = Tr
                     done[(candidate.key, seed, rung.steps)] = trial
                 trials.append(trial)
                 bar.update()
-            rows[candidate.key] = summarize_rung(candidate, trials, index, rung)
+            row = summarize_rung(candidate, trials, index, rung)
+            row["seconds"] += rows[candidate.key]["seconds"] if candidate.key in rows else 0.0  # every rung's cost
+            rows[candidate.key] = row
         alive.sort(key=lambda c: _rank_key(rows[c.key]))
         alive = alive[: max(1, math.ceil(len(alive) * settings.keep))]
     bar.close()
@@ -467,13 +496,16 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...]:
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     from sparsefit.methods.selection import parse_budget
     seeds = _ints(args.validation_seeds, "--validation-seeds") or DEFAULT_VALIDATION_SEEDS
+    if len(set(seeds)) != len(seeds):  # a repeated seed would count one episode twice in a rung's mean
+        raise SparseFitError(f"--validation-seeds repeats a seed: {args.validation_seeds!r}", field="--validation-seeds")
     return SearchSettings(
         dataset=args.dataset, data_path=args.data_path, train_split=args.train_split, model=args.model,
         budget=parse_budget(args.budget, "--budget"), lrs=_floats(args.lrs, "--lrs"), rungs=parse_rungs(args.rungs),
         keep=args.keep, check_every=args.check_every, all_specs=args.all_specs, n_train=args.n_train, n_val=args.n_val, validation_seeds=seeds,
         components=tuple(s.strip() for s in args.components.split(";") if s.strip()) if args.components else None,
         fish=not args.no_fish, exclude_eval_seeds=_ints(args.exclude_eval_of, "--exclude-eval-of"),
-        eval_split=args.eval_split, n_eval=args.n_eval, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threads=args.threads,
+        eval_split=args.eval_split, n_eval=args.n_eval, report_train_split=args.report_train_split,
+        report_n_train=args.report_n_train, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, threads=args.threads,
         device=args.device)
 
 
@@ -488,7 +520,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     print(format_ranked(ranked))
     print(f"\nranked by rung reached, then validation label accuracy (teacher-forced, exact for greedy answers) at "
           f"the best checkpoint, then validation loss; 'gen accuracy' and nBERTScore: generated answers at the last "
-          f"rung's end (validation episodes from the '{settings.train_split}' split only)\ntable: {out / TABLE_FILE}\nbest: {out / BEST_FILE}  "
+          f"rung's end; seconds: all of a candidate's trials, every rung (validation episodes from the '{settings.train_split}' split only)\ntable: {out / TABLE_FILE}\nbest: {out / BEST_FILE}  "
           f"(--method {ranked[0]['method']} --method-option preset={out / BEST_FILE})")
 
 
@@ -517,6 +549,10 @@ def register_cli(subparsers: Any) -> None:
                         "search pool (needed when you search and report on the same split)")
     p.add_argument("--eval-split", help="the reported runs' eval split, for --exclude-eval-of (default: train split)")
     p.add_argument("--n-eval", type=int, help="the reported runs' eval size, for --exclude-eval-of (default: FEB's)")
+    p.add_argument("--report-train-split", help="the reported runs' train split, for --exclude-eval-of (their shots "
+                                                "are drawn first and move the eval sample; default: --train-split)")
+    p.add_argument("--report-n-train", type=int,
+                   help="the reported runs' shots, for --exclude-eval-of (default: FEB's, not --n-train)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, help="torch CPU threads")

@@ -131,6 +131,36 @@ def test_resume_refuses_a_folder_of_another_configuration(uninterrupted):
         run_episodes(make_variants([changed]), out, SEEDS[:1], progress=False)
 
 
+@pytest.mark.parametrize("method, preset", [("sparsefit", {"components": "ln"}), ("fish", {"budget": "2%"})])
+def test_a_run_from_a_preset_file_loads_without_it_and_resume_notices_a_rewritten_file(tmp_path, method, preset):
+    from safetensors.torch import load_file
+    from sparsefit.backbones import load_backbone
+    from sparsefit.checkpoint import DELTA_FILE, load_delta
+    preset_path = tmp_path / "best_preset.json"
+    preset_path.write_text(json.dumps({"method": method, **preset}))
+    config = tiny_config(method, preset=str(preset_path))
+    run_episodes(make_variants([config]), tmp_path / "runs", SEEDS[:1], progress=False)
+    folder = episode_dir(tmp_path / "runs", make_variants([config])[0], SEEDS[0])
+
+    preset_path.write_text(json.dumps({"method": method, **{k: "self.q,ln" if k == "components" else "5%"
+                                                            for k in preset}}))
+    with pytest.raises(SparseFitError, match="best_preset.json changed since this episode ran"):
+        run_episodes(make_variants([config]), tmp_path / "runs", SEEDS[:1], progress=False)
+
+    preset_path.unlink()  # the run still loads: the manifest holds what the file resolved to
+    _, model, _, manifest = load_delta(folder, load_backbone("tiny-t5"))
+    assert manifest["loading_options"] == ({"components": "ln"} if method == "sparsefit" else
+                                           {"budget": 0.02, "exclude": "embed,lm_head", "fisher_examples": 64})
+    params = dict(model.named_parameters())
+    for name, value in load_file(str(folder / DELTA_FILE)).items():
+        if method == "sparsefit":
+            assert torch.equal(params[name], value)
+        elif name.endswith(".values"):
+            base = name.removesuffix(".values")
+            indices = load_file(str(folder / DELTA_FILE))[base + ".indices"]
+            assert torch.equal(params[base].detach().reshape(-1)[indices], value)
+
+
 def test_cli_episodes_prints_one_comparison_table_and_resumes(uninterrupted):
     out, rows = uninterrupted
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed-*/results.json")}

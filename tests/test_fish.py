@@ -92,9 +92,21 @@ def test_episode_saves_indices_and_values_and_reloads_to_identical_predictions(t
     assert again == predictions
 
 
+def test_weight_decay_is_refused_before_training(tmp_path, backbone):
+    """Decay would move weights outside the mask that the saved delta does not hold."""
+    config = _config(backbone.model_id)
+    config.train.weight_decay = 0.01
+    with pytest.raises(SparseFitError, match="field 'train.weight_decay'.*weight_decay 0 only"):
+        run_episode(config, tmp_path, backbone=backbone, progress=False)
+    assert not (tmp_path / "delta.safetensors").exists()
+
+
 def test_bad_options_are_one_clear_error():
     with pytest.raises(SparseFitError, match="ambiguous; write 5%"):
         get_method("fish", budget=5)
+    with pytest.raises(SparseFitError, match="ambiguous; write 1% or 0.01"):  # not silently everything
+        get_method("fish", budget=1)
+    assert get_method("fish", budget="100%").fraction == 1.0
     with pytest.raises(SparseFitError, match="no option 'budgett'.*did you mean 'budget'"):
         get_method("fish", budgett="1%")
     with pytest.raises(SparseFitError, match="positive integer"):

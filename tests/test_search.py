@@ -43,6 +43,8 @@ def test_search_ranks_resumes_and_writes_a_usable_preset(tmp_path, model):
     assert all(r["episodes"] == 2 and r["steps"] == 3 for r in finalists)
     assert all(0 < r["trainable_percent"] <= 20.0 + 1e-6 for r in ranked)
     trials = _lines(out / TRIALS_FILE)
+    for row in ranked:  # a candidate's seconds are what all its trials cost, over every rung it reached
+        assert row["seconds"] == pytest.approx(sum(t["seconds"] for t in trials if t["candidate"] == row["candidate"]))
     assert len(trials) == 3 + 2 * 2
     # each rung draws fresh validation episodes; only the last rung generates answers
     assert {t["seed"] for t in trials if t["steps"] == 2} == {11}
@@ -83,7 +85,9 @@ def test_excluded_reporting_episodes_never_reach_the_search_pool():
     from sparsefit.data import load_examples
     from sparsefit.episodes import sample_episode
     from sparsefit.search import search_pool
-    settings = _settings("tiny-causal", exclude_eval_seeds=(7004, 6290), n_eval=6)
+    # the search's own shot count (6) differs from the reported runs' (9): the reported draw must be rebuilt
+    # with theirs, since the shots come first and move the eval sample
+    settings = _settings("tiny-causal", exclude_eval_seeds=(7004, 6290), n_eval=6, n_train=6, report_n_train=9)
     full = load_examples("sample-nli", None, "train")
     pool = search_pool(settings)
     for seed in (7004, 6290):
@@ -111,6 +115,10 @@ def test_budget_nothing_fits_and_unknown_component_are_clear_errors():
         build_candidates(_settings("tiny-causal", components=("slef.q,ln",)))
     with pytest.raises(SparseFitError, match="steps:episodes"):
         parse_rungs("20-1")
+    # fish may not choose the frozen embedding: a budget past the rest fails before any training
+    with pytest.raises(SparseFitError, match="only [0-9,]+ are not excluded; lower --budget or pass --no-fish"):
+        build_candidates(_settings("tiny-causal", budget=0.99))
+    assert {c.method for c in build_candidates(_settings("tiny-causal", budget=0.99, fish=False))} == {"sparsefit"}
 
 
 def test_validation_sizes_the_pool_cannot_give_name_the_search_flags(tmp_path):
@@ -132,6 +140,17 @@ def test_preset_file_errors_name_file_and_key(tmp_path):
     with pytest.raises(SparseFitError, match="this preset is for method 'fish'"):
         get_method("sparsefit", preset=str(path)).prepare(backbone.model, backbone.arch)
     assert get_method("fish", preset=str(path)).training_defaults() == {"lr": 1e-3}
+    path.write_text(json.dumps({"budget": "2%", "lr": 3e-4}))  # no "method": a budget makes it fish's
+    assert get_method("fish", preset=str(path)).training_defaults() == {"lr": 3e-4}
+    with pytest.raises(SparseFitError, match="this preset is for method 'fish'"):
+        get_method("sparsefit", preset=str(path)).prepare(backbone.model, backbone.arch)
+    for bad, message in [({"components": "ln", "lr": "3e-4"}, "field 'lr': 'lr' must be a positive number"),
+                         ({"components": "ln", "steps": 0}, "field 'steps': 'steps' must be a whole number"),
+                         ({"components": ["ln"]}, "field 'components': 'components' must be a string"),
+                         ({"method": "fish", "budget": 5}, "budget 5 is ambiguous")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(SparseFitError, match=message):
+            get_method(bad.get("method", "sparsefit"), preset=str(path)).prepare(backbone.model, backbone.arch)
 
 
 def test_cli_search_error_is_one_line(tmp_path):
@@ -141,6 +160,18 @@ def test_cli_search_error_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "no candidate subset fits the budget" in result.stderr
+
+
+def test_search_flags_read_the_reported_runs_settings_and_refuse_a_repeated_validation_seed():
+    import argparse
+    from sparsefit.search import register_cli, settings_from_args
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    base = ["search", "--dataset", "esnli", "--train-split", "dev", "--exclude-eval-of", "7004,6290"]
+    settings = settings_from_args(parser.parse_args(base + ["--n-train", "12", "--report-train-split", "train"]))
+    assert (settings.n_train, settings.report_n_train, settings.report_train_split) == (12, None, "train")
+    with pytest.raises(SparseFitError, match="--validation-seeds repeats a seed"):
+        settings_from_args(parser.parse_args(base + ["--validation-seeds", "1,2,2"]))
 
 
 def test_checkpoints_choose_the_steps_of_the_preset(tmp_path):

@@ -82,6 +82,15 @@ class SparseMethod:
         """lr / steps this configuration should train with unless the run config sets them (preset files)."""
         return {}
 
+    def loading_options(self) -> dict[str, Any] | None:
+        """After prepare: options that rebuild this configuration without reading files again (a preset file
+        resolved), stored in the manifest so a run still loads when its preset file is moved or rewritten;
+        None: the run's options as given suffice."""
+        return None
+
+    def check_training(self, train: Any) -> None:
+        """Refuse (SparseFitError) resolved training settings this method cannot honour (a `TrainConfig`)."""
+
     # --- training hooks --------------------------------------------------------------------------
     def training_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], default_loss: LossFn) -> torch.Tensor:
         return default_loss(model, batch)

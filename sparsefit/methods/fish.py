@@ -15,7 +15,7 @@ gradient of that example's training loss. The k weights with the largest score o
 Masked update: every tensor holding at least one chosen weight is trainable, and a gradient hook zeroes the
 other entries. With AdamW at weight decay 0 (the default) a weight whose gradient is always zero never moves
 (its moments stay 0, the step is 0/eps), so untouched weights stay bit-identical; a positive weight decay
-would shrink them, so keep it at 0 for this method.
+would shrink them, so a positive one is refused (`check_training`).
 
 Saved delta: per trained tensor `<name>.indices` (int64, flat positions) and `<name>.values` (the trained
 values at those positions). `load_trained` scatters the values into a fresh base model; `merge` has nothing
@@ -145,6 +145,13 @@ class FisherMask(SparseMethod):
     def training_defaults(self) -> dict[str, Any]:
         return {k: self.preset_settings[k] for k in ("lr", "steps") if self.preset_settings.get(k) is not None}
 
+    def check_training(self, train: Any) -> None:
+        # the mask zeroes gradients only: AdamW's decoupled decay would still shrink the unchosen weights of every
+        # touched tensor, so the evaluated model would differ from the saved delta (chosen weights only)
+        if train.weight_decay:
+            raise SparseFitError(f"method 'fish' trains with weight_decay 0 only (got {train.weight_decay:g}): "
+                                 "decay would move the weights outside its mask", field="train.weight_decay")
+
     def trained_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         params = dict(model.named_parameters())
         state: dict[str, torch.Tensor] = {}
@@ -169,6 +176,12 @@ class FisherMask(SparseMethod):
                 param.view(-1)[flat.to(param.device)] = values.to(device=param.device, dtype=param.dtype)
                 indices[name] = flat
         self.indices = indices
+
+    def loading_options(self) -> dict[str, Any] | None:
+        if not is_preset_file(self.options["preset"]):
+            return None
+        return {"budget": self.fraction, "exclude": self.options["exclude"],
+                "fisher_examples": self.options["fisher_examples"]}
 
     def selection(self) -> dict[str, Any]:
         return {"budget_fraction": self.fraction, "k": self.k, "exclude": self.options["exclude"],

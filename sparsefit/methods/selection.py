@@ -23,6 +23,7 @@ the run config sets them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -100,7 +101,7 @@ def parse_budget(value: Any, field: str = "budget") -> float:
         fraction = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
     except ValueError:
         raise SparseFitError(f"budget {value!r} is not a number; write e.g. 5% or 0.05", field=field) from None
-    if not text.endswith("%") and fraction > 1:
+    if not text.endswith("%") and fraction >= 1:  # a bare 1 is as likely 1% as everything
         raise SparseFitError(f"budget {value!r} is ambiguous; write {text}% or {fraction / 100:g}", field=field)
     if not 0 < fraction <= 1:
         raise SparseFitError(f"budget {value!r} must be above 0 and at most 100%", field=field)
@@ -126,10 +127,36 @@ def read_preset_file(path: str | Path, method: str | None = None) -> dict[str, A
         if key not in PRESET_FILE_KEYS:
             raise SparseFitError(f"unknown key in preset file; known: {', '.join(PRESET_FILE_KEYS)}",
                                  path=str(path), field=key)
-    if method and data.get("method", "sparsefit") != method:
-        raise SparseFitError(f"this preset is for method {data['method']!r}; run it with --method {data['method']}",
+    written_for = data.get("method") or ("fish" if "budget" in data else "sparsefit")  # a budget is fish's
+    if method and written_for != method:
+        raise SparseFitError(f"this preset is for method {written_for!r}; run it with --method {written_for}",
                              path=str(path), field="method")
+    check_preset_values(data, path)
     return data
+
+
+def check_preset_values(data: dict[str, Any], path: Path) -> None:
+    """Wrong types fail here, naming the key, rather than as a TypeError mid-training."""
+    lr, steps = data.get("lr"), data.get("steps")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise SparseFitError(f"'lr' must be a positive number, got {lr!r}", path=str(path), field="lr")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise SparseFitError(f"'steps' must be a whole number of at least 1, got {steps!r}", path=str(path),
+                             field="steps")
+    if data.get("budget") is not None:
+        parse_budget(data["budget"], "budget")
+    if data.get("components") is not None and not isinstance(data["components"], str):
+        raise SparseFitError(f"'components' must be a string such as \"self.v,ln\", got {data['components']!r}",
+                             path=str(path), field="components")
+
+
+def preset_digest(options: dict[str, Any]) -> str | None:
+    """sha256 of the preset file named in a method's options (None without one): a run records it, so a
+    resumed run can tell that the file was rewritten since."""
+    preset = options.get("preset")
+    if not is_preset_file(preset) or not Path(preset).is_file():
+        return None
+    return hashlib.sha256(Path(preset).read_bytes()).hexdigest()
 
 
 def preset_training(preset: Any) -> dict[str, Any]:
@@ -185,6 +212,9 @@ class SparseFit(SparseMethod):
         self.components, self.preset = components, preset
         self.resolved: str | None = None
         self.parameter_names: list[str] = []
+
+    def loading_options(self) -> dict[str, Any] | None:
+        return {"components": self.resolved} if is_preset_file(self.preset) else None
 
     def prepare(self, model: nn.Module, arch: Arch) -> nn.Module:
         self.resolved = resolve_components(self.components, self.preset, arch)
