@@ -26,6 +26,7 @@ class Stat:
     ci_low: float | None = None
     ci_high: float | None = None
     n: int | None = None
+    ci_note: str | None = None  # why there is no CI, or how many resamples it left out
 
     @classmethod
     def undefined(cls, reason: str, n: int | None = None) -> "Stat":
@@ -33,7 +34,11 @@ class Stat:
 
     def to_json(self) -> dict[str, Any]:
         return {"value": _finite(self.value), "reason": self.reason, "ci_low": _finite(self.ci_low),
-                "ci_high": _finite(self.ci_high), "n": self.n}
+                "ci_high": _finite(self.ci_high), "n": self.n, "ci_note": self.ci_note}
+
+    def set_ci(self, samples: np.ndarray, level: float) -> "Stat":
+        self.ci_low, self.ci_high, self.ci_note = checked_ci(samples, level)
+        return self
 
     def text(self, digits: int = 3) -> str:
         if self.value is None:
@@ -41,6 +46,8 @@ class Stat:
         out = f"{self.value:.{digits}f}"
         if self.ci_low is not None and self.ci_high is not None:
             out += f" [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+        if self.ci_note:
+            out += f" ({self.ci_note})"
         return out
 
 
@@ -59,8 +66,10 @@ def count_table(item_codes: np.ndarray, category_codes: np.ndarray, n_items: int
     return flat.reshape(n_items, n_categories)
 
 
-def modal_rater_count(table: np.ndarray) -> int | None:
-    """The most common number of raters among items with at least two; ties go to more retained ratings."""
+def kappa_rater_count(table: np.ndarray) -> int | None:
+    """The rater count (among items with at least two) whose items keep the most ratings (items x raters,
+    ties to more raters): kappa needs one count, and this drops the fewest ratings. Not always the most
+    common count: 10 items with 2 raters (20 ratings) lose to 7 with 3 (21)."""
     counts = table.sum(axis=1)
     counts = counts[counts >= 2]
     if counts.size == 0:
@@ -245,6 +254,21 @@ def correlation_undefined_reason(x: np.ndarray, y: np.ndarray) -> str | None:
     if _constant(np.asarray(y)):
         return "the automatic scores are all equal"
     return None
+
+
+# Past this share of resamples where a statistic is undefined (every rating the same, constant scores), a
+# percentile interval over the rest would describe other data than the study's: no CI is given.
+MAX_UNDEFINED_RESAMPLES = 0.05
+
+
+def checked_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None, str | None]:
+    """`percentile_ci`, withheld when too many resamples are undefined; the note says what was left out."""
+    samples = np.asarray(samples, float)
+    undefined = float((~np.isfinite(samples)).mean()) if samples.size else 0.0
+    if undefined > MAX_UNDEFINED_RESAMPLES:
+        return None, None, f"no CI: undefined in {undefined:.0%} of resamples, too few items"
+    low, high = percentile_ci(samples, level)
+    return low, high, (f"{undefined:.1%} of resamples undefined, left out" if undefined else None)
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:

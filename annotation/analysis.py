@@ -483,7 +483,7 @@ def agreement_from_tables(binary: np.ndarray, full: np.ndarray, rng: np.random.G
     """`agreement_stats` from the items x (negative, positive) and items x scale-point count tables."""
     n_items = len(binary)
     raters = binary.sum(axis=1)
-    modal = agr.modal_rater_count(binary)
+    modal = agr.kappa_rater_count(binary)
     if modal is None:
         kappa_table = binary[:0]
         fleiss = randolph = agr.Stat.undefined("no item has two or more raters", n=0)
@@ -497,7 +497,7 @@ def agreement_from_tables(binary: np.ndarray, full: np.ndarray, rng: np.random.G
         samples = agr.bootstrap_agreement_resamples(binary, full, modal, n_boot, rng)
         for stat, name in ((fleiss, "fleiss"), (randolph, "randolph"), (alpha, "alpha")):
             if stat.value is not None:
-                stat.ci_low, stat.ci_high = agr.percentile_ci(samples[name], settings.ci_level)
+                stat.set_ci(samples[name], settings.ci_level)
     dropped_counts = sorted({int(c) for c in raters[(raters != modal)]}) if modal else []
     return {
         "items": n_items,
@@ -544,8 +544,7 @@ def _item_correlations(human: np.ndarray, auto: np.ndarray, rng: np.random.Gener
     idx = rng.integers(0, n, size=(n_boot, n))
     for name, func in agr.CORRELATIONS.items():
         samples = _bootstrap_correlation(human, auto, idx, name)
-        low, high = agr.percentile_ci(samples, settings.ci_level)
-        out[name] = agr.Stat(func(human, auto), ci_low=low, ci_high=high, n=n).to_json()
+        out[name] = agr.Stat(func(human, auto), n=n).set_ci(samples, settings.ci_level).to_json()
     return out
 
 
@@ -597,8 +596,7 @@ def _system_correlations(model_scores: pd.DataFrame, metric_names: list[str],
                 row[name] = agr.Stat.undefined(reason, n=n).to_json()
                 continue
             samples = _rowwise_correlation(boot[:, present, 0, m], boot[:, present, 1, m], name)
-            low, high = agr.percentile_ci(samples, settings.ci_level)
-            row[name] = agr.Stat(func(human, auto), ci_low=low, ci_high=high, n=n).to_json()
+            row[name] = agr.Stat(func(human, auto), n=n).set_ci(samples, settings.ci_level).to_json()
         rows.append(row)
     return rows
 
@@ -622,9 +620,10 @@ def significance_section(scores: pd.DataFrame, kept: pd.DataFrame, items: pd.Dat
     """Paired tests: systems against each other on the inputs they share, and model vs gold explanations."""
     return {"between_systems": _system_pairs(scores, settings),
             "model_vs_gold": _model_vs_gold(kept, items, scale, settings),
-            "note": "paired over items: systems are matched on the same dataset and record id (same input), "
-                    "model vs gold on the same items rated by the same annotators; differences are x100; "
-                    "p_holm: Holm's correction over the rows of each list"}
+            "note": "paired over items: systems are matched on the same dataset and the record's inputs (record "
+                    "ids when inputs are missing), model vs gold on the same items rated by the same annotators; "
+                    "differences are x100; p_permutation: sign-flip permutation test (exact when 'exact'); "
+                    "p_permutation_holm: Holm's correction over the rows of each list"}
 
 
 def _system_pairs(scores: pd.DataFrame, settings: QCSettings) -> list[dict[str, Any]]:
@@ -681,9 +680,8 @@ def _model_vs_gold(kept: pd.DataFrame, items: pd.DataFrame, scale: Scale, settin
 
 
 def _add_holm(rows: list[dict[str, Any]]) -> None:
-    for name in ("p_permutation", "p_bootstrap"):
-        for row, adjusted in zip(rows, sig.holm([row[name] for row in rows])):
-            row[f"{name}_holm"] = adjusted
+    for row, adjusted in zip(rows, sig.holm([row["p_permutation"] for row in rows])):
+        row["p_permutation_holm"] = adjusted
 
 
 # ---------------------------------------------------------------- FEB Table 3
@@ -846,6 +844,8 @@ def format_stat(stat: dict[str, Any], digits: int = 3) -> str:
     text = f"{stat['value']:.{digits}f}"
     if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
         text += f" [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+    if stat.get("ci_note"):
+        text += f" ({stat['ci_note']})"
     return text
 
 
@@ -917,24 +917,23 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{row['unanimous_items_binary']}, scale {row['unanimous_items_scale']}")
     significance = report.get("significance")
     if significance:
-        parts += ["", f"Paired tests (differences x100, {level}% bootstrap CI; p from the paired bootstrap and a "
-                      "sign-flip permutation over items; Holm-corrected within each list)"]
+        parts += ["", f"Paired tests (differences x100, {level}% bootstrap CI; p from a sign-flip permutation "
+                      "test over items, exact when 2^items <= resamples; Holm-corrected within each list)"]
         pairs = significance["between_systems"]
         parts.append("  Systems on the same inputs (model explanations): "
                      + ("none share inputs" if not pairs else ""))
         if pairs:
-            parts.append(_table(["dataset", "A", "B", "items", "A - B", "CI", "p boot", "p perm", "p perm Holm"],
+            parts.append(_table(["dataset", "A", "B", "items", "A - B", "CI", "p", "p Holm"],
                                 [[r["dataset"], f"{r['a']['model']} {r['a']['method']}",
                                   f"{r['b']['model']} {r['b']['method']}", str(r["n_items"]), _num(r["mean_diff"]),
-                                  f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _p(r["p_bootstrap"]),
+                                  f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
                                   _p(r["p_permutation"]), _p(r["p_permutation_holm"])] for r in pairs]))
         tests = significance["model_vs_gold"]
         if tests:
             parts.append("  Model vs gold explanation (same items, same annotators):")
-            parts.append(_table(["model", "method", "dataset", "items", "model - gold", "CI", "p boot", "p perm",
-                                 "p perm Holm"],
+            parts.append(_table(["model", "method", "dataset", "items", "model - gold", "CI", "p", "p Holm"],
                                 [[r["model"], r["method"], r["dataset"], str(r["n_items"]), _num(r["mean_diff"]),
-                                  f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", _p(r["p_bootstrap"]),
+                                  f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]",
                                   _p(r["p_permutation"]), _p(r["p_permutation_holm"])] for r in tests]))
     if report.get("feb_table"):
         parts += ["", f"Table (FEB Table 3 shape: mean score x100 [{level}% CI], items)", format_feb_table(report)]

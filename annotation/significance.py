@@ -2,11 +2,12 @@
 
 A paired comparison has one difference per item (system A's item score minus system B's on the same input,
 or the model explanation's score minus the gold explanation's on the same item by the same annotators).
-Two tests of "mean difference = 0", both resampling items:
-  - paired bootstrap: percentile CI of the mean difference; two-sided p = 2 x min(share of resampled means
-    <= 0, share >= 0), at most 1 (a resample-based p-value, resolution 1 / resamples);
-  - paired permutation (sign flip): under H0 the two members of each pair are exchangeable, so each
-    difference keeps or flips its sign at random; p = (1 + #{|mean*| >= |mean|}) / (1 + permutations).
+Both resample items:
+  - paired bootstrap: percentile CI of the mean difference (no p-value: a bootstrap around the observed mean
+    gave p = 0 whenever every difference had the same sign, e.g. 3 items, where the exact test says 0.25);
+  - paired permutation (sign flip), the p-value: under H0 the two members of each pair are exchangeable, so
+    each difference keeps or flips its sign at random; exact over all 2^n sign vectors when 2^n <= the
+    resamples, else p = (1 + #{|mean*| >= |mean|}) / (1 + permutations).
 Holm's step-down correction controls the family-wise error over the pairs of one family.
 """
 
@@ -39,9 +40,9 @@ class PairedTest:
     mean_diff: float | None
     ci_low: float | None
     ci_high: float | None
-    p_bootstrap: float | None
     p_permutation: float | None
     n_resamples: int
+    exact: bool = False  # p_permutation enumerated every sign vector (n_resamples = 2^n)
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -58,18 +59,22 @@ def paired_test(diffs: np.ndarray, n_resamples: int, rng: np.random.Generator, l
     diffs = np.asarray(diffs, float)
     n = int(diffs.size)
     if n < 2:
-        return PairedTest(n, float(diffs.mean()) if n else None, None, None, None, None, 0,
-                          f"needs at least 2 paired items, got {n}")
+        return PairedTest(n, float(diffs.mean()) if n else None, None, None, None, 0,
+                          reason=f"needs at least 2 paired items, got {n}")
     observed = math.fsum(diffs) / n
     values, counts = np.unique(diffs, return_counts=True)
     boot = rng.multinomial(n, counts / n, size=n_resamples) @ values / n
-    flipped = (counts - 2 * rng.binomial(counts, 0.5, size=(n_resamples, values.size))) @ values / n
     low, high = percentile_ci(boot, level)
-    p_boot = min(1.0, 2.0 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+    exact = 2 ** n <= n_resamples
+    if exact:  # every sign vector once: bit j of row i flips item j
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        flipped = signs @ diffs / n
+    else:
+        flipped = (counts - 2 * rng.binomial(counts, 0.5, size=(n_resamples, values.size))) @ values / n
     # a tiny tolerance so that flips equal to the observed mean up to rounding count as "as extreme"
-    extreme = np.abs(flipped) >= abs(observed) - 1e-9 * max(1.0, abs(observed))
-    p_perm = float((1 + extreme.sum()) / (1 + n_resamples))
-    return PairedTest(n, observed, low, high, p_boot, p_perm, n_resamples)
+    extreme = int((np.abs(flipped) >= abs(observed) - 1e-9 * max(1.0, abs(observed))).sum())
+    p_perm = extreme / 2 ** n if exact else (1 + extreme) / (1 + n_resamples)
+    return PairedTest(n, observed, low, high, float(p_perm), 2 ** n if exact else n_resamples, exact)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import krippendorff
 import numpy as np
@@ -63,15 +64,32 @@ def test_undefined_kappas_say_why():
     unequal = agr.fleiss_kappa(np.array([[2, 1], [1, 1]]))
     assert unequal.value is None and "same number" in unequal.reason
     assert agr.fleiss_kappa(identical).to_json() == {"value": None, "reason": fleiss.reason, "ci_low": None,
-                                                     "ci_high": None, "n": 3}
+                                                     "ci_high": None, "n": 3, "ci_note": None}
 
 
-def test_modal_rater_count_keeps_most_ratings():
+def test_kappa_rater_count_keeps_most_ratings():
     table = np.array([[3, 0], [1, 2], [2, 1], [1, 1], [1, 0], [0, 2]])  # raters 3,3,3,2,1,2
-    assert agr.modal_rater_count(table) == 3
-    assert agr.modal_rater_count(np.array([[1, 0], [0, 1]])) is None
+    assert agr.kappa_rater_count(table) == 3
+    assert agr.kappa_rater_count(np.array([[1, 0], [0, 1]])) is None
     # a tie in item counts goes to the larger rater count (more ratings kept)
-    assert agr.modal_rater_count(np.array([[2, 0], [1, 1], [2, 1], [3, 0]])) == 3
+    assert agr.kappa_rater_count(np.array([[2, 0], [1, 1], [2, 1], [3, 0]])) == 3
+
+
+def test_a_ci_is_withheld_when_many_resamples_are_undefined():
+    from annotation.analysis import QCSettings, agreement_from_tables
+    # two unanimous items and one split 2-1: about a quarter of the item resamples hold only unanimous items,
+    # where kappa and alpha are undefined; an interval over the rest would leave out perfect agreement
+    binary = np.array([[0, 3], [1, 2], [0, 3]])
+    full = np.array([[0, 0, 0, 3], [0, 1, 0, 2], [0, 0, 0, 3]])
+    out = agreement_from_tables(binary, full, np.random.default_rng(0), QCSettings(n_boot=1000))
+    for name in ("fleiss_kappa_binary", "krippendorff_alpha_ordinal"):
+        stat = out[name]
+        assert stat["value"] is not None and stat["ci_low"] is None and stat["ci_high"] is None
+        assert re.match(r"no CI: undefined in 2\d% of resamples, too few items", stat["ci_note"]), stat["ci_note"]
+    few = np.array([*np.linspace(0, 1, 97), np.nan, np.nan, np.nan])  # 3% undefined: kept, and said
+    low, high, note = agr.checked_ci(few)
+    assert low is not None and high is not None and note == "3.0% of resamples undefined, left out"
+    assert agr.checked_ci(np.linspace(0, 1, 100))[2] is None
 
 
 def reliability_matrix(ratings: np.ndarray, missing: np.ndarray) -> np.ndarray:

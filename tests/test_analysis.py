@@ -575,7 +575,7 @@ def test_paired_tests_between_systems_and_against_gold(tmp_path):
     sign = 1 if pair["a"]["method"] == "bad" else -1
     assert pair["mean_diff"] == pytest.approx(sign * expected)
     assert pair["ci_low"] <= pair["mean_diff"] <= pair["ci_high"] and (pair["ci_high"] < 0 or pair["ci_low"] > 0)
-    assert pair["p_permutation"] == pytest.approx(1 / 2001) and pair["p_bootstrap"] < 0.001
+    assert pair["p_permutation"] == pytest.approx(1 / 2001) and not pair["exact"] and "p_bootstrap" not in pair
     assert pair["p_permutation_holm"] == pair["p_permutation"]  # one test in the family
     vs_gold = {r["method"]: r for r in report["significance"]["model_vs_gold"]}
     assert vs_gold["bad"]["mean_diff"] < -50 and vs_gold["bad"]["p_permutation"] < 0.01
@@ -591,9 +591,14 @@ def test_paired_permutation_p_matches_exact_enumeration():
     observed = abs(diffs.mean())
     flips = [abs((np.array(signs) * diffs).mean()) >= observed - 1e-12 for signs in product((1, -1), repeat=8)]
     exact = np.mean(flips)
-    test = paired_test(diffs, 40000, np.random.default_rng(0))
-    assert test.p_permutation == pytest.approx(exact, abs=0.006)
+    test = paired_test(diffs, 40000, np.random.default_rng(0))  # 2^8 <= 40000: enumerated exactly
+    assert test.exact and test.n_resamples == 256 and test.p_permutation == pytest.approx(exact)
+    sampled = paired_test(np.concatenate([diffs, diffs]), 40000, np.random.default_rng(0))  # 2^16 > 40000
+    assert not sampled.exact and sampled.n_resamples == 40000
     assert test.mean_diff == pytest.approx(diffs.mean())
+    # tiny studies where every difference has one sign: the exact sign-flip p, never 0
+    for few, expected in (([-33.3, -44.4, -22.2], 2 / 8), ([10.0, 10.0], 2 / 4)):
+        assert paired_test(np.array(few), 1000, np.random.default_rng(0)).p_permutation == pytest.approx(expected)
     from statsmodels.stats.multitest import multipletests
 
     ps = [0.01, 0.04, 0.03, 0.2, None, 0.005]
