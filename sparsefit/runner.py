@@ -43,7 +43,9 @@ def load_pools(config: RunConfig):
 
 
 def icl_demonstrations(train: Sequence, shots: int, seed: int) -> list:
-    """`shots` training examples for in-context prompting, spread over labels (round robin), seeded."""
+    """`shots` training examples for in-context prompting, spread over labels (round robin), in a seeded random
+    order: in label order, every episode's prompt ended on the same label sequence, and Gemma-3-270M answered
+    the first demonstration's label for every e-SNLI and most ComVE examples."""
     rng = random.Random(seed)
     by_label: dict[str, list] = {}
     for example in sorted(train, key=lambda e: e.id):
@@ -55,6 +57,7 @@ def icl_demonstrations(train: Sequence, shots: int, seed: int) -> list:
         for label in labels:
             if by_label[label] and len(chosen) < shots:
                 chosen.append(by_label[label].pop())
+    rng.shuffle(chosen)
     return chosen
 
 

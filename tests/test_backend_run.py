@@ -66,6 +66,19 @@ def test_icl_reference_point_trains_nothing(tmp_path):
     assert not (tmp_path / "delta.safetensors").exists()
 
 
+def test_icl_demonstrations_cover_the_labels_in_an_order_that_varies_by_seed():
+    from sparsefit.data import load_examples
+    from sparsefit.runner import icl_demonstrations
+    train = load_examples("sample-nli", None, "train")
+    orders = set()
+    for seed in range(12):
+        chosen = icl_demonstrations(train, 3, seed)
+        assert sorted(e.label for e in chosen) == sorted({e.label for e in train})  # one per label
+        assert [e.id for e in chosen] == [e.id for e in icl_demonstrations(train, 3, seed)]  # seeded
+        orders.add(tuple(e.label for e in chosen))
+    assert len(orders) > 2  # not always the alphabetical label order
+
+
 def test_config_typo_names_file_and_field(tmp_path):
     bad = tmp_path / "run.json"
     bad.write_text(json.dumps({"dataset": "esnli", "train": {"learning_rate": 1e-4}}))
