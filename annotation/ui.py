@@ -744,15 +744,20 @@ def list_runs(models_dir: Path) -> list[str]:
     return sorted(list_checkpoints(models_dir))
 
 
-def _demo_call(action: Callable[[Callable | None], Any], model: str, allowed: list[str], progress=None):
-    """Run a demo request in the model worker process (never in this server); errors become messages."""
+def _demo_call(action: Callable[[Callable | None], Any], model: str, allowed: list[str], models_dir: Path,
+               progress=None):
+    """Run a demo request in the model worker process (never in this server); errors become messages that
+    name runs by their place under models/, not by the server's absolute path."""
     if model not in allowed:
         raise gr.Error(f"unknown model {model!r}; choose one from the list")
     report = (lambda fraction, text: progress(fraction, desc=text)) if progress else None
     try:
         return action(report)
     except AnnotationError as err:
-        raise gr.Error(f"{model}: {err}") from err
+        text = str(err)
+        for root in {str(models_dir), str(Path(models_dir).resolve())}:
+            text = text.replace(root.rstrip("/") + "/", "")
+        raise gr.Error(f"{model}: {text}") from err
 
 
 def _signup_cap(text: str | None) -> int | None:
@@ -856,7 +861,8 @@ def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
     def load_model(model_name: str, request: gr.Request, progress=gr.Progress()) -> str:
         """demo_load_model: load (and cache) a model in the worker process; returns a status line."""
         allowed, path = allowed_and_path(model_name)
-        _demo_call(lambda report: worker.load(path, _client(request), report), model_name, allowed, progress)
+        _demo_call(lambda report: worker.load(path, _client(request), report), model_name, allowed, models_dir,
+                   progress)
         return f"Loaded **{model_name}**."
 
     def run(model_name: str, task: str, f1: str, f2: str, f3: str, f4: str, f5: str, f6: str,
@@ -870,7 +876,7 @@ def _demo_tab(models_dir: Path, worker) -> tuple[Callable, list]:
             raise gr.Error(f"fill in: {', '.join(missing)}")
         allowed, path = allowed_and_path(model_name)
         result = _demo_call(lambda report: worker.predict(path, task, inputs, _client(request), report),
-                            model_name, allowed, progress)
+                            model_name, allowed, models_dir, progress)
         return result["label"], result["explanation"], result.get("prompt", ""), result.get("raw_generation", "")
 
     def refresh_menu():

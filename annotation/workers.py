@@ -135,8 +135,20 @@ def _demo_main(conn, placement: dict[str, str]) -> None:
             if op == "predict":
                 result = predictors[model].predict(payload["task"], payload["inputs"])
             conn.send(("ok", result))
-        except Exception as err:  # the backend's SparseFitError or an I/O error: a message, not a traceback
-            conn.send(("error", f"{type(err).__name__ if not str(err) else ''}{err}"))
+        except Exception as err:  # a message for the browser, not a traceback
+            conn.send(("error", _demo_error_text(err)))
+
+
+def _demo_error_text(err: Exception) -> str:
+    """The backend's own errors are written for users; anything else may quote server internals (library
+    paths, tensor shapes), so the visitor gets its kind and the server's log gets the traceback."""
+    from sparsefit.errors import SparseFitError
+    if isinstance(err, SparseFitError):
+        return str(err)
+    import sys
+    import traceback
+    traceback.print_exception(err, file=sys.stderr)
+    return f"the model could not serve this request ({type(err).__name__}); the server's log has the details"
 
 
 # ---------------------------------------------------------------------------------------- quickstart

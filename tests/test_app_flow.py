@@ -206,6 +206,13 @@ def test_demo_menu_names_runs_by_their_place_under_models_not_by_server_path(app
     with pytest.raises(AppError) as refused:  # allowed; this empty run then fails to load, under its menu name
         api.predict("runs/named", api_name="/demo_load_model")
     assert "unknown model" not in str(refused.value) and "runs/named" in str(refused.value)
+    assert "/root/" not in str(refused.value)  # an internal error gives its kind, not its text
+    (run / "manifest.json").write_text(json.dumps({"base_model": "tiny-t5", "base_fingerprint": "elsewhere",
+                                                   "method": "sparsefit"}), encoding="utf-8")
+    with pytest.raises(AppError) as other_base:  # the backend's own error names the file, relative to models/
+        api.predict("runs/named", api_name="/demo_load_model")
+    assert "runs/named/manifest.json" in str(other_base.value) and "fingerprint" in str(other_base.value)
+    assert str(run.parent.parent) not in str(other_base.value)
 
 
 def test_demo_requests_are_rate_limited_per_client():
