@@ -136,12 +136,12 @@ def _demo_main(conn, placement: dict[str, str]) -> None:
                 result = predictors[model].predict(payload["task"], payload["inputs"])
             conn.send(("ok", result))
         except Exception as err:  # a message for the browser, not a traceback
-            conn.send(("error", _demo_error_text(err)))
+            conn.send(("error", _visitor_error_text(err)))
 
 
-def _demo_error_text(err: Exception) -> str:
+def _visitor_error_text(err: Exception) -> str:
     """The backend's own errors are written for users; anything else may quote server internals (library
-    paths, tensor shapes), so the visitor gets its kind and the server's log gets the traceback."""
+    paths, tensor shapes), so a page visitor gets its kind and the server's log gets the traceback."""
     from sparsefit.errors import SparseFitError
     if isinstance(err, SparseFitError):
         return str(err)
@@ -256,5 +256,5 @@ def _build_main(conn, models_dir: str, placement: dict[str, str]) -> None:
         path = build_quickstart(progress=lambda f, text: conn.send(("progress", float(f), str(text))),
                                 **placement)
         conn.send(("ok", str(path)))
-    except Exception as err:  # noqa: BLE001 - reported to the parent as one line
-        conn.send(("error", str(err) or type(err).__name__))
+    except Exception as err:  # noqa: BLE001 - reported to the parent as one line (the page's banner)
+        conn.send(("error", _visitor_error_text(err)))
