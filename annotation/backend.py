@@ -7,6 +7,7 @@ quickstart build, which do need torch, run in worker processes (annotation/demo_
 
 from __future__ import annotations
 
+from sparsefit.data import jsonl_objects  # noqa: F401 (strict JSONL reading; pure Python)
 from sparsefit.errors import SparseFitError, with_location  # noqa: F401
 from sparsefit.inference import INPUT_FIELDS  # noqa: F401 (a dict; the module imports torch lazily)
 from sparsefit.paths import list_checkpoints, models_dir, quickstart_predictions_path  # noqa: F401

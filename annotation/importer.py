@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from annotation import backend
 from annotation.errors import AnnotationError
 from annotation.schema import SUBMITTED, open_db
 
@@ -186,6 +187,9 @@ def read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         return _read_parquet(path)
     if suffix in JSONL_SUFFIXES:
         return _read_jsonl(path)
+    if suffix not in ("", ".csv", ".txt"):  # e.g. .xlsx or .tsv would fail as CSV with a misleading message
+        raise AnnotationError(f"cannot read {suffix} files; save the ratings as .csv (UTF-8), .jsonl or .parquet",
+                              path=str(path))
     return _read_csv(path)
 
 
@@ -210,22 +214,12 @@ def _records_to_rows(records: list[tuple[int, dict]], path: Path) -> tuple[list[
 
 
 def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    records = []
+    # the backend's strict reader: bad UTF-8, NaN/Infinity, deep nesting and lone surrogates (which the
+    # UTF-8 database cannot store) are refused with the line, like a bad predictions file
     try:
-        with path.open(encoding="utf-8-sig") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise AnnotationError(f"not valid JSON ({err.msg}); a JSONL file has one object per line",
-                                          path=str(path), line=line_number) from err
-                if not isinstance(record, dict):
-                    raise AnnotationError("expected a JSON object on each line", path=str(path), line=line_number)
-                records.append((line_number, record))
-    except UnicodeDecodeError as err:
-        raise AnnotationError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=str(path)) from err
+        records = list(backend.jsonl_objects(path))
+    except backend.SparseFitError as err:
+        raise AnnotationError(err.message, path=str(path), line=err.line, field=err.field) from err
     return _records_to_rows(records, path)
 
 
@@ -260,6 +254,14 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise AnnotationError("the file is empty (expected a header row)", path=str(path), line=1)
     if not rows:
         raise AnnotationError("the file has a header but no rows", path=str(path))
+    names = [name.strip().lower() for name in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise AnnotationError(f"the header names column {repeated[0]!r} twice", path=str(path), line=1)
+    for line, cells in rows:
+        if len(cells) > len(header):  # an unquoted comma in a comment would silently cut it
+            raise AnnotationError(f"{len(cells)} cells but the header has {len(header)}; put text that contains "
+                                  "commas in double quotes", path=str(path), line=line)
     return header, rows
 
 
@@ -380,6 +382,9 @@ def _resolve_flag(text: str, line: int, problems: list[RowProblem]) -> int | Non
     return None
 
 
+MAX_SHOWN_POSITION = 1000  # explanations shown per item: 2 in the protocol; a bound keeps SQLite's int happy
+
+
 def _resolve_position(text: str, line: int, problems: list[RowProblem]) -> int | None:
     if not text:
         return None
@@ -387,7 +392,7 @@ def _resolve_position(text: str, line: int, problems: list[RowProblem]) -> int |
         number = float(text)
     except ValueError:
         number = -1.0
-    if number < 1 or number != int(number):
+    if not math.isfinite(number) or number < 1 or number > MAX_SHOWN_POSITION or number != int(number):
         problems.append(RowProblem(line, "shown_position", f"{text!r} is not a position (1, 2, ...)"))
         return None
     return int(number)

@@ -48,10 +48,12 @@ Any other name is a user task in the generic format (a ``.jsonl`` or ``.csv`` fi
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
 import logging
+import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -226,8 +228,12 @@ def _read_text(path: Path) -> str:
 
 
 def _read_lines(path: Path) -> list[str]:
-    # splitlines: files without a trailing newline (e-SNLI explanations) give the same count
-    return _read_text(path).splitlines()
+    """Lines split on \n only (a trailing \r dropped): str.splitlines() also splits on U+2028, U+2029 and
+    U+0085, which JSON writers leave unescaped inside strings. No trailing newline gives the same count."""
+    lines = _read_text(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _csv_rows(path: Path, *, header: bool) -> Iterator[tuple[int, list[str] | dict[str, str]]]:
@@ -243,6 +249,10 @@ def _csv_rows(path: Path, *, header: bool) -> Iterator[tuple[int, list[str] | di
                 continue
             if header and names is None:
                 names = [name.strip() for name in row]
+                repeated = sorted({name for name in names if names.count(name) > 1})
+                if repeated:  # a dict of the row would keep the last one silently
+                    raise SparseFitError(f"the header names column {repeated[0]!r} twice", path=str(path),
+                                         line=line, field=repeated[0])
                 continue
             if names is None:
                 yield line, row
@@ -501,6 +511,8 @@ def _json_problem(obj: Any, max_string: int | None) -> tuple[str, str] | None:
             return where.split("[")[0].split(".")[0], f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
         if isinstance(value, _NonFinite):
             return where, f"{value.text} is not a JSON number; write null for a missing value"
+        if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as infinity
+            return where, "number too large for a 64-bit float; write null for a missing value"
         if isinstance(value, str):
             if max_string is not None and len(value) > max_string:
                 return where, (f"text of {len(value)} characters is longer than the limit of {max_string} "
@@ -606,11 +618,17 @@ def _cqa_question(obj: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
     choices = question.get("choices")
     if not isinstance(choices, list) or not choices:
         raise SparseFitError("expected a list of {label, text} objects", field="question.choices", **where)
+    if not collapse(question["stem"]):
+        raise SparseFitError("empty question", field="question.stem", **where)
     by_label: dict[str, str] = {}
     for choice in choices:
         if not isinstance(choice, dict) or not isinstance(choice.get("label"), str) or not isinstance(choice.get("text"), str):
             raise SparseFitError("each choice needs string 'label' and 'text'", field="question.choices", **where)
-        by_label[choice["label"].strip()] = collapse(choice["text"])
+        label, text = choice["label"].strip(), collapse(choice["text"])
+        if not text or label in by_label:
+            raise SparseFitError(f"choice {label!r} is " + ("empty" if not text else "given twice"),
+                                 field="question.choices", **where)
+        by_label[label] = text
     if not isinstance(answer_key, str) or answer_key.strip() not in by_label:
         raise SparseFitError(f"answerKey {answer_key!r} is not one of the choice labels {sorted(by_label)}",
                              field="answerKey", **where)
@@ -657,10 +675,13 @@ def _sbic_number(raw: str, path: Path, line: int, name: str) -> float:
     if not raw.strip():
         return 0.0  # FEB (pandas sum over NaN) counts a blank answer as 0 in the average
     try:
-        return float(raw)
-    except ValueError as err:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also NaN, which would label the post offensive (NaN < 0.5 is false)
         raise SparseFitError(f"expected a number between 0 and 1, got '{raw}'", path=str(path), line=line,
-                             field=name) from err
+                             field=name)
+    return value
 
 
 def _load_sbic(path: Path, split: str) -> tuple[list[Example], LoadReport]:
@@ -718,6 +739,9 @@ def _sbic_aggregate(rows: list[tuple[int, dict[str, str]]], file: Path, report: 
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+TASK_JSON_KEYS = ("input_template", "labels", "question", "context")
+
+
 def load_task_spec(name: str, folder: Path) -> TaskSpec:
     """Read `folder/task.json` if present (see module docstring); no file → defaults."""
     file = folder / "task.json"
@@ -727,8 +751,15 @@ def load_task_spec(name: str, folder: Path) -> TaskSpec:
         obj = json.loads(_read_text(file))
     except json.JSONDecodeError as err:
         raise SparseFitError(f"invalid JSON ({err.msg})", path=str(file), line=err.lineno) from err
+    except RecursionError as err:
+        raise SparseFitError("JSON nested too deeply", path=str(file)) from err
     if not isinstance(obj, dict):
         raise SparseFitError("expected a JSON object", path=str(file))
+    for key in obj:  # a misspelt key would silently switch its check off (e.g. "label" for "labels")
+        if key not in TASK_JSON_KEYS:
+            close = difflib.get_close_matches(key, TASK_JSON_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(TASK_JSON_KEYS)}"
+            raise SparseFitError(f"unknown key; {hint}", path=str(file), field=key)
     for key in ("input_template", "question", "context"):
         if key in obj and not isinstance(obj[key], str):
             raise SparseFitError("expected a string", path=str(file), field=key)
@@ -762,6 +793,8 @@ def _load_generic(dataset: str, path: Path, split: str) -> tuple[list[Example], 
     else:
         raise SparseFitError("user task files must be .jsonl or .csv", path=str(file))
     allowed = FIXED_LABELS.get(dataset, spec.labels)
+    if allowed is None:
+        _check_label_spellings(rows, file)
     examples = []
     for line, native_id, inputs, label, explanations in rows:
         if allowed is not None and label not in allowed:
@@ -776,13 +809,26 @@ def _load_generic(dataset: str, path: Path, split: str) -> tuple[list[Example], 
     return examples, report
 
 
+def _check_label_spellings(rows: Sequence[tuple], file: Path) -> None:
+    """Without task.json labels any label is accepted, but two spellings of one label ("pos", "Pos ") would
+    silently become two classes."""
+    first: dict[str, tuple[str, int]] = {}
+    for line, _, _, label, _ in rows:
+        key = collapse(label).lower()
+        if key in first and first[key][0] != label:
+            raise SparseFitError(f"label {label!r} differs from {first[key][0]!r} (line {first[key][1]}) only in "
+                                 "case or spaces; write one spelling, or list the labels in task.json",
+                                 path=str(file), line=line, field="label")
+        first.setdefault(key, (label, line))
+
+
 def _check_template(spec: TaskSpec, inputs: dict[str, str], file: Path, line: int) -> None:
     try:
         spec.input_template.format(**inputs)  # type: ignore[union-attr]
     except KeyError as err:
         raise SparseFitError(f"task.json input_template uses {{{err.args[0]}}} but this row's inputs are "
                              f"{sorted(inputs)}", path=str(file), line=line, field="inputs") from err
-    except (ValueError, IndexError) as err:
+    except (ValueError, IndexError, AttributeError, TypeError) as err:  # also {a.foo} and {a[k]} on a string
         raise SparseFitError(f"task.json input_template is not a valid format string ({err})",
                              path=str(file.parent / "task.json"), field="input_template") from err
 

@@ -118,8 +118,33 @@ def validate_record(obj: Any, *, path: str = "<predictions>", line: int | None =
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise SparseFitError("metric values must be numbers or null", path=path, line=line,
                                  field=f"metrics.{key}")
+    _check_meaning(obj, path, line)
     known = {**REQUIRED_FIELDS, **OPTIONAL_FIELDS}
     return PredictionRecord(**{k: v for k, v in obj.items() if k in known})
+
+
+def _check_meaning(obj: dict[str, Any], path: str, line: int | None) -> None:
+    """Values of the right type that a study would still get wrong: empty keys, ids that ratings files
+    (cells trimmed) would confuse, gate options that are not text, and a `correct` flag the labels deny
+    (studies show only correct predictions by default)."""
+    from sparsefit.prompts import is_correct
+    for name in ("id", "dataset", "gold_label"):
+        if not obj[name].strip():
+            raise SparseFitError("must not be empty", path=path, line=line, field=name)
+    if obj["id"] != obj["id"].strip():
+        raise SparseFitError(f"id {obj['id']!r} starts or ends with spaces (ratings files are matched on "
+                             "trimmed ids)", path=path, line=line, field="id")
+    options = obj.get("label_options")
+    if options is not None:
+        if not options or not all(isinstance(o, str) and o.strip() for o in options):
+            raise SparseFitError(f"must be a non-empty array of label strings, got {options!r:.80}", path=path,
+                                 line=line, field="label_options")
+        if obj["gold_label"].strip().lower() not in {o.strip().lower() for o in options}:
+            raise SparseFitError(f"gold_label {obj['gold_label']!r} is not one of label_options {options}",
+                                 path=path, line=line, field="gold_label")
+    if obj["correct"] and not is_correct(obj["pred_label"], obj["gold_label"], obj["dataset"]):
+        raise SparseFitError(f"correct is true, but pred_label {obj['pred_label']!r:.40} does not match gold_label "
+                             f"{obj['gold_label']!r:.40}", path=path, line=line, field="correct")
 
 
 def read_predictions(path: str | Path, max_field_chars: int = DEFAULT_MAX_FIELD_CHARS) -> list[PredictionRecord]:

@@ -180,6 +180,12 @@ def test_ecqa_bad_answer_key(tmp_path):
     with pytest.raises(SparseFitError) as err:
         load_examples("ecqa", tmp_path / "ecqa", "dev")
     assert err.value.line == 2 and err.value.field == "answerKey"
+    broken = json.loads(lines[1])
+    broken["question"]["choices"][0]["text"] = " "  # would have made an example whose label is ''
+    file.write_text("\n".join([lines[0], json.dumps(broken), lines[2]]) + "\n", encoding="utf-8")
+    with pytest.raises(SparseFitError, match="is empty") as err:
+        load_examples("ecqa", tmp_path / "ecqa", "dev")
+    assert err.value.line == 2 and err.value.field == "question.choices"
 
 
 # ------------------------------------------------------------------------------------------ SBIC
@@ -219,6 +225,16 @@ def test_sbic_bad_number_names_line_and_field(tmp_path):
         "0.0,0.0,0.0,0.5,w3,h3", "0.0,0.0,0.0,maybe,w3,h3")
     (tmp_path / "SBIC.v2.dev.csv").write_text(text, encoding="utf-8")
     with pytest.raises(SparseFitError) as err:
+        load_examples("sbic", tmp_path, "dev")
+    assert err.value.line == 9 and err.value.field == "offensiveYN"
+
+
+@pytest.mark.parametrize("value", ["2", "-1", "nan", "inf"])
+def test_sbic_numbers_outside_0_to_1_are_refused(tmp_path, value):
+    text = (FIXTURES / "sbic" / "SBIC.v2.dev.csv").read_text(encoding="utf-8").replace(
+        "0.0,0.0,0.0,0.5,w3,h3", f"0.0,0.0,0.0,{value},w3,h3")
+    (tmp_path / "SBIC.v2.dev.csv").write_text(text, encoding="utf-8")
+    with pytest.raises(SparseFitError, match="between 0 and 1") as err:  # NaN would have meant "offensive"
         load_examples("sbic", tmp_path, "dev")
     assert err.value.line == 9 and err.value.field == "offensiveYN"
 
@@ -310,6 +326,43 @@ def test_task_json_labels_and_template_are_checked(tmp_path):
                     '{"id": "a", "inputs": {"question": "y"}, "label": "no", "explanation": "e"}\n', encoding="utf-8")
     with pytest.raises(SparseFitError, match="duplicate example id 'a'"):
         load_examples("yn", file, "train")
+
+
+def test_user_task_label_spellings_task_json_keys_and_templates(tmp_path):
+    file = tmp_path / "train.jsonl"
+    row = '{{"inputs": {{"text": "x"}}, "label": "{}", "explanation": "e"}}\n'
+    file.write_text(row.format("pos") + row.format("neg") + row.format("Pos "), encoding="utf-8")
+    with pytest.raises(SparseFitError, match="label 'Pos' differs from 'pos' \\(line 1\\) only in case") as err:
+        load_examples("mytask", file, "train")
+    assert err.value.line == 3
+    (tmp_path / "task.json").write_text(json.dumps({"label": ["pos", "neg"]}), encoding="utf-8")
+    with pytest.raises(SparseFitError, match="field 'label': unknown key; did you mean 'labels'"):
+        load_examples("mytask", file, "train")
+    file.write_text(row.format("pos"), encoding="utf-8")
+    for template in ("{text.foo}", "{text[k]}"):
+        (tmp_path / "task.json").write_text(json.dumps({"input_template": template}), encoding="utf-8")
+        with pytest.raises(SparseFitError, match="input_template is not a valid format string"):
+            load_examples("mytask", file, "train")
+    (tmp_path / "task.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(SparseFitError, match="task.json: JSON nested too deeply"):
+        load_examples("mytask", file, "train")
+
+
+def test_line_separators_inside_json_strings_stay_in_their_line(tmp_path):
+    """json.dumps(ensure_ascii=False) leaves U+2028/U+2029/U+0085 raw; str.splitlines() would cut there."""
+    file = tmp_path / "train.jsonl"
+    rows = [{"inputs": {"text": f"a{sep}b"}, "label": "l", "explanation": "e"} for sep in "\u2028\u2029\u0085"]
+    file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    examples = load_examples("mytask", file, "train")
+    assert [e.inputs["text"] for e in examples] == ["a b"] * 3  # one row each; the separator is whitespace
+
+
+def test_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    file = tmp_path / "train.csv"
+    file.write_text("input.text,label,label,explanation\nhello,pos,neg,e\n", encoding="utf-8")
+    with pytest.raises(SparseFitError, match="names column 'label' twice") as err:
+        load_examples("mytask", file, "train")
+    assert err.value.line == 1
 
 
 # ------------------------------------------------------------------------------------------ sample, hashing

@@ -210,6 +210,7 @@ def test_importing_the_same_file_twice_is_refused(tmp_path):
 
 def test_import_file_level_errors(tmp_path):
     builder = small_study(tmp_path)
+    before = counts(builder)
     with pytest.raises(AnnotationError, match="missing column.*rating"):
         import_ratings(builder.db_path, "s1", write_csv(tmp_path / "a.csv", "item,annotator\ns1-rec1,W1\n"))
     with pytest.raises(AnnotationError, match="no rows"):
@@ -218,6 +219,23 @@ def test_import_file_level_errors(tmp_path):
         import_ratings(builder.db_path, "other", write_csv(tmp_path / "c.csv", "item,annotator,rating\nx,y,yes\n"))
     with pytest.raises(AnnotationError, match="not found"):
         import_ratings(builder.db_path, "s1", tmp_path / "missing.csv")
+    with pytest.raises(AnnotationError, match="d.csv:1: the header names column 'rating' twice"):
+        import_ratings(builder.db_path, "s1", write_csv(tmp_path / "d.csv", "item,annotator,rating,Rating\nx,y,yes,no\n"))
+    with pytest.raises(AnnotationError, match="e.csv:3: 5 cells but the header has 4; put text that contains commas"):
+        import_ratings(builder.db_path, "s1", write_csv(tmp_path / "e.csv", "item,annotator,rating,comment\n"
+                                                        "s1-rec1,W1,yes,fine\ns1-rec2,W1,no,good, but vague\n"))
+    with pytest.raises(AnnotationError, match="cannot read .xlsx files; save the ratings as .csv"):
+        import_ratings(builder.db_path, "s1", write_csv(tmp_path / "f.xlsx", "item,annotator,rating\nx,y,yes\n"))
+    for name, line in [("g.jsonl", '{"item": "s1-rec1", "annotator": "\\ud800", "rating": "yes"}'),
+                       ("h.jsonl", "[" * 100_000 + "]" * 100_000)]:
+        with pytest.raises(AnnotationError, match=f"{name}:1"):  # the line, not a UnicodeEncodeError/RecursionError
+            import_ratings(builder.db_path, "s1", write_csv(tmp_path / name, line + "\n"))
+    with pytest.raises(RatingsImportError) as caught:
+        import_ratings(builder.db_path, "s1", write_csv(tmp_path / "i.csv", "item,annotator,rating,shown_position\n"
+                                                        "s1-rec1,W1,yes,inf\ns1-rec2,W1,no,nan\ns1-rec1,W2,no,1e300\n"))
+    assert {(p.line, p.field) for p in caught.value.problems} == {(2, "shown_position"), (3, "shown_position"),
+                                                                 (4, "shown_position")}
+    assert counts(builder) == before
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -445,6 +445,29 @@ def test_predictions_with_nan_deep_nesting_surrogates_or_a_folder_are_refused(tm
     assert store.create_study(big, StudySettings(per_label=0, only_correct=False, max_field_chars=50_000))
 
 
+def test_predictions_whose_values_a_study_would_get_wrong_are_refused(tmp_path, predictions):
+    lines = predictions.read_text().splitlines()
+    record = json.loads(lines[1])
+    wrong_label = next(o for o in record["label_options"] if o != record["gold_label"])
+    cases = {"empty-id": ({"id": " "}, "field 'id'", "must not be empty"),
+             "spaced-id": ({"id": record["id"] + " "}, "field 'id'", "starts or ends with spaces"),
+             "empty-gold": ({"gold_label": ""}, "field 'gold_label'", "must not be empty"),
+             "options": ({"label_options": [1, 2]}, "field 'label_options'", "array of label strings"),
+             "gold-not-an-option": ({"gold_label": "maybe"}, "field 'gold_label'", "is not one of label_options"),
+             "correct-but-wrong": ({"correct": True, "pred_label": wrong_label}, "field 'correct'",
+                                   "correct is true, but pred_label"),
+             "1e400": ({"trainable_percent": "HUGE"}, "field 'trainable_percent'", "too large")}
+    store = make_store(tmp_path)
+    for name, (change, where, what) in cases.items():
+        bad = tmp_path / f"{name}.jsonl"
+        bad.write_text(lines[0] + "\n" + json.dumps({**record, **change}).replace('"HUGE"', "1e400") + "\n")
+        with pytest.raises(AnnotationError) as info:
+            store.create_study(bad)
+        message = str(info.value)
+        assert f"{name}.jsonl:2" in message and where in message and what in message, message
+    assert store.db["studies"].count == 0
+
+
 def test_cli_refuses_a_folder_or_a_nan_file_in_one_line(tmp_path, predictions, capsys):
     from annotation.cli import main
     nan = tmp_path / "nan.jsonl"
