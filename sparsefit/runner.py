@@ -44,8 +44,8 @@ def load_pools(config: RunConfig):
 
 def icl_demonstrations(train: Sequence, shots: int, seed: int) -> list:
     """`shots` training examples for in-context prompting, spread over labels (round robin), in a seeded random
-    order: in label order, every episode's prompt ended on the same label sequence, and Gemma-3-270M answered
-    the first demonstration's label for every e-SNLI and most ComVE examples."""
+    order: in label order every episode's prompt had the same label sequence, and in-context answers are
+    known to follow the order of the demonstrations (Lu et al., 2022)."""
     rng = random.Random(seed)
     by_label: dict[str, list] = {}
     for example in sorted(train, key=lambda e: e.id):
