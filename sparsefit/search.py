@@ -511,6 +511,11 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
 
 def cmd_search(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
+    if settings.train_split != "train" and not settings.exclude_eval_seeds:
+        import sys
+        print(f"note: searching on the '{settings.train_split}' split; if you report on it too, pass "
+              "--exclude-eval-of <the reported seeds> so no validation example is one you report on",
+              file=sys.stderr)
     if args.out:
         out = Path(args.out)
     else:

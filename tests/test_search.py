@@ -160,6 +160,12 @@ def test_cli_search_error_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "no candidate subset fits the budget" in result.stderr
+    same_split = subprocess.run([sys.executable, "-m", "sparsefit", "search", "--dataset", "sample-nli", "--model",
+                                 "tiny-causal", "--train-split", "dev", "--budget", "0.00001%", "--out",
+                                 str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    note, error = same_split.stderr.splitlines()  # a reminder first, then the one-line error
+    assert note.startswith("note: searching on the 'dev' split") and "--exclude-eval-of" in note
+    assert error.startswith("error: ")
 
 
 def test_search_flags_read_the_reported_runs_settings_and_refuse_a_repeated_validation_seed():
