@@ -154,6 +154,8 @@ def test_preset_file_errors_name_file_and_key(tmp_path):
 
 
 def test_cli_search_error_is_one_line(tmp_path):
+    from sparsefit.backbones import resolve_model_path
+    resolve_model_path("tiny-causal")  # built here, once: its first build prints progress bars on stderr
     result = subprocess.run([sys.executable, "-m", "sparsefit", "search", "--dataset", "sample-nli", "--model",
                              "tiny-causal", "--budget", "0.00001%", "--out", str(tmp_path / "s")], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
