@@ -152,13 +152,13 @@ def finished_result(folder: Path, config: Any) -> dict[str, Any] | None:
 def check_preset_unchanged(folder: Path, config: Any) -> None:
     """A finished episode names its preset file by path: refuse to reuse it next to new episodes once the
     file says something else (e.g. a search rerun into the same folder rewrote best_preset.json)."""
-    from sparsefit.checkpoint import MANIFEST_FILE
+    from sparsefit.checkpoint import MANIFEST_FILE, read_manifest
     from sparsefit.methods.selection import preset_digest
     now = preset_digest(config.method_options)
     manifest_path = folder / MANIFEST_FILE
     if now is None or not manifest_path.exists():
         return
-    then = json.loads(manifest_path.read_text(encoding="utf-8")).get("preset_sha256")
+    then = read_manifest(folder).get("preset_sha256")
     if then and then != now:
         raise SparseFitError(f"the preset file {config.method_options['preset']} changed since this episode ran; "
                              "use another --out (or --name), or remove the folder to rerun it",
